@@ -1,7 +1,7 @@
 """One embedded Redis + RediSearch for the whole run; every test gets its own key namespace."""
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import pytest_asyncio
@@ -18,6 +18,7 @@ from recommender.config import (
 )
 from recommender.platform.embedded import EmbeddedRedis
 from recommender.platform.redis import Keyspace
+from recommender.services import Services, build_services
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +62,30 @@ async def redis(redis_url: str, namespace: str) -> AsyncIterator["aioredis.Redis
 async def client(settings: Settings, redis: "aioredis.Redis") -> AsyncIterator[AsyncTestClient]:
     async with AsyncTestClient(create_app(settings)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def services(redis: "aioredis.Redis", settings: Settings) -> Services:
+    """The domain services on the test's namespace; consumers are driven with `drain`."""
+    return build_services(redis, Keyspace(settings.redis.namespace), settings)
+
+
+Drain = Callable[[], Awaitable[int]]
+
+
+@pytest.fixture
+def drain(services: Services) -> Drain:
+    """Run every consumer until none has anything left to handle; how many entries it took."""
+
+    async def run() -> int:
+        total = 0
+        for runner in services.runners:
+            await runner.ensure_group()
+            while handled := await runner.step():
+                total += handled
+        return total
+
+    return run
 
 
 async def _drop_namespace(client: "aioredis.Redis", keyspace: Keyspace) -> None:

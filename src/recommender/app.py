@@ -1,10 +1,11 @@
 """The application factory: routes, lifespan (Redis, stream consumers), errors, OpenAPI, metrics."""
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
 from litestar import Litestar
 from litestar.datastructures import State
@@ -14,6 +15,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from recommender import __version__
+from recommender.catalog import ProductController
 from recommender.config import Settings, load_settings
 from recommender.platform.embedded import EmbeddedRedis
 from recommender.platform.errors import EXCEPTION_HANDLERS
@@ -21,6 +23,9 @@ from recommender.platform.health import HealthController
 from recommender.platform.logging import RequestContextMiddleware, configure_logging
 from recommender.platform.redis import Keyspace, create_client, require_search_module
 from recommender.platform.streams import StreamRunner
+from recommender.recommending import RecommendController
+from recommender.services import build_services
+from recommender.vectors import ModelController
 
 log = structlog.get_logger()
 
@@ -30,14 +35,13 @@ class MetricsController(PrometheusController):
     include_in_schema = False
 
 
-def provide_redis(state: State) -> "aioredis.Redis":
-    client: aioredis.Redis = state.redis
-    return client
+def _from_state(name: str) -> Provide:
+    """Inject a long-lived object the lifespan put in the app state."""
 
+    def provide(state: State) -> Any:
+        return state[name]
 
-def provide_keyspace(state: State) -> Keyspace:
-    keyspace: Keyspace = state.keyspace
-    return keyspace
+    return Provide(provide, sync_to_thread=False)
 
 
 @asynccontextmanager
@@ -51,16 +55,36 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         url = embedded.url
     client = create_client(settings.redis, url)
     runners: list[StreamRunner] = app.state.runners
+    background: list[asyncio.Task[None]] = []
     try:
         await require_search_module(client, where=url)
-        app.state.redis = client
+        services = build_services(client, app.state.keyspace, settings)
+        app.state.update(
+            redis=client,
+            catalog=services.catalog,
+            vectors=services.vectors,
+            recommend=services.recommend,
+        )
         if settings.streams.consumers_enabled:
+            runners.extend(services.runners)  # readiness watches the consumers this process runs
             for runner in runners:
                 runner.start()
+            background.append(
+                asyncio.create_task(
+                    app.state.vectors.refit_when_due(settings.vectors.refit_check_seconds),
+                    name="refit-when-due",
+                )
+            )
         yield
     finally:
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for runner in runners:
             await runner.stop()
+        if "vectors" in app.state:
+            await app.state.vectors.stop()
         await client.aclose()
         if embedded is not None:
             await asyncio.to_thread(embedded.close)
@@ -70,10 +94,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
     configure_logging(settings.logging)
     return Litestar(
-        route_handlers=[HealthController, MetricsController],
+        route_handlers=[
+            HealthController,
+            MetricsController,
+            ProductController,
+            RecommendController,
+            ModelController,
+        ],
         dependencies={
-            "redis": Provide(provide_redis, sync_to_thread=False),
-            "keyspace": Provide(provide_keyspace, sync_to_thread=False),
+            name: _from_state(name) for name in ("redis", "catalog", "vectors", "recommend")
         },
         state=State(
             {

@@ -80,6 +80,41 @@ class StreamSettings(Setting, frozen=True):
     dead_letter_max_length: PositiveInt = 100_000
 
 
+class VectorSettings(Setting, frozen=True):
+    # HNSW graph: links per node, build-time and query-time candidate list sizes.
+    hnsw_m: Annotated[int, Meta(ge=2, le=512)] = 16
+    hnsw_ef_construction: Annotated[int, Meta(ge=1, le=4096)] = 200
+    hnsw_ef_runtime: Annotated[int, Meta(ge=1, le=4096)] = 10
+    # BM25 weight of the product name against description, category and brand (1.0 each).
+    name_weight: Annotated[float, Meta(gt=0, le=100)] = 3.0
+    # Refit when this fraction of the catalog changed since the last fit...
+    refit_change_fraction: Annotated[float, Meta(gt=0, le=10)] = 0.2
+    # ...but not more often than this; checked this often even when no write comes.
+    refit_min_interval_seconds: Annotated[float, Meta(ge=0)] = 10.0
+    refit_check_seconds: PositiveSeconds = 5.0
+    # A refit that holds the lock longer than this is presumed dead and its lock expires.
+    refit_lock_seconds: PositiveSeconds = 600.0
+    # Products embedded per write batch while back-filling a new index version.
+    backfill_batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 500
+
+
+class RecommendSettings(Setting, frozen=True):
+    # Similar products below this cosine are left out unless the request says otherwise.
+    similar_min_score: Annotated[float, Meta(ge=-1, le=1)] = 0.1
+
+
+class SearchSettings(Setting, frozen=True):
+    # Reciprocal-rank fusion: score = sum(weight / (rrf_k + rank)) over the text and vector lists.
+    rrf_k: Annotated[int, Meta(ge=1, le=1000)] = 60
+    lexical_weight: Annotated[float, Meta(ge=0)] = 1.0
+    vector_weight: Annotated[float, Meta(ge=0)] = 1.0
+    # Each side contributes this many candidates (times k) to the fusion.
+    candidates_per_result: Annotated[int, Meta(ge=1, le=20)] = 3
+    # Fewer lexical hits than this: add vector-side alternatives, marked as such.
+    few_lexical_hits: Annotated[int, Meta(ge=0, le=100)] = 3
+    max_query_length: Annotated[int, Meta(ge=1, le=10_000)] = 200
+
+
 class LoggingSettings(Setting, frozen=True):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # auto: readable on a terminal, JSON otherwise.
@@ -91,6 +126,9 @@ class Settings(Setting, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     streams: StreamSettings = msgspec.field(default_factory=StreamSettings)
+    vectors: VectorSettings = msgspec.field(default_factory=VectorSettings)
+    recommend: RecommendSettings = msgspec.field(default_factory=RecommendSettings)
+    search: SearchSettings = msgspec.field(default_factory=SearchSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     def __post_init__(self) -> None:

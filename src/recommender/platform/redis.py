@@ -25,8 +25,13 @@ class Keyspace:
         return self.prefix + ":".join(parts)
 
     def pattern(self) -> str:
-        """A SCAN MATCH pattern for every key of this namespace (glob characters escaped)."""
-        return _GLOB_SPECIALS.sub(r"\\\1", self.prefix) + "*"
+        """A SCAN MATCH pattern for every key of this namespace."""
+        return self.escape(self.prefix) + "*"
+
+    @staticmethod
+    def escape(text: str) -> str:
+        """`text` as a literal inside a SCAN MATCH pattern (glob characters escaped)."""
+        return _GLOB_SPECIALS.sub(r"\\\1", text)
 
 
 def create_client(settings: RedisSettings, url: str) -> "aioredis.Redis":

@@ -75,7 +75,7 @@ class StreamRunner:
         self._busy = False
         self._next_trim = 0.0
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name=f"stream-runner:{self.stream}")

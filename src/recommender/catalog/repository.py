@@ -1,0 +1,114 @@
+"""The only code that touches the catalog's Redis keys.
+
+    {ns}product:{id}             hash: json (the Product), version
+    {ns}catalog:ids              sorted set of every id (score 0: ordered by id, for cursors)
+    {ns}catalog:category:{path}  sorted set of the ids under a category path prefix
+    {ns}stream:catalog           events {op, id, version} for the other modules' consumers
+
+A write is one Lua script: compare the version the service read, store the product, maintain
+the id sets and append the event, all or nothing. A product is never stored without its event.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from recommender.catalog.schemas import Product, category_prefixes
+from recommender.platform.redis import Keyspace
+
+_WRITE = """
+local current = redis.call('HGET', KEYS[1], 'version') or '0'
+if current ~= ARGV[1] then return 0 end
+local id, version, json, op = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local removed = tonumber(ARGV[6])
+for i = 1, removed do redis.call('ZREM', KEYS[3 + i], id) end
+if op == 'delete' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], id)
+else
+  redis.call('HSET', KEYS[1], 'json', json, 'version', version)
+  redis.call('ZADD', KEYS[2], 0, id)
+  for i = 4 + removed, #KEYS do redis.call('ZADD', KEYS[i], 0, id) end
+end
+redis.call('XADD', KEYS[3], '*', 'op', op, 'id', id, 'version', version)
+return 1
+"""
+
+_decoder = msgspec.json.Decoder(Product)
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Store `product` (or delete it when None) if the stored version is still `expected`."""
+
+    id: str
+    expected: int
+    product: Product | None
+    old_category: str = ""
+
+
+class CatalogRepository:
+    def __init__(self, client: "aioredis.Redis", keys: Keyspace) -> None:
+        self.client = client
+        self.keys = keys
+        self.stream = keys.key("stream", "catalog")
+        self._write_script = client.register_script(_WRITE)
+
+    def product_key(self, product_id: str) -> str:
+        return self.keys.key("product", product_id)
+
+    def category_key(self, path: str) -> str:
+        return self.keys.key("catalog", "category", path)
+
+    @property
+    def ids_key(self) -> str:
+        return self.keys.key("catalog", "ids")
+
+    async def get_many(self, ids: Sequence[str]) -> list[Product | None]:
+        if not ids:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for product_id in ids:
+                pipe.hget(self.product_key(product_id), "json")
+            raw: list[Any] = await pipe.execute()
+        return [_decoder.decode(item) if item is not None else None for item in raw]
+
+    async def write_many(self, writes: Sequence[Write]) -> list[bool]:
+        """Apply each write atomically; False where another writer got there first."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for write in writes:
+                await self._queue_write(pipe, write)
+            results: list[Any] = await pipe.execute()
+        return [bool(result) for result in results]
+
+    async def _queue_write(self, pipe: Any, write: Write) -> None:
+        old = category_prefixes(write.old_category)
+        new = category_prefixes(write.product.category) if write.product else []
+        removed = [path for path in old if path not in new]
+        added = [path for path in new if path not in old]
+        keys = [self.product_key(write.id), self.ids_key, self.stream]
+        keys += [self.category_key(path) for path in removed + added]
+        version = write.product.version if write.product else write.expected + 1
+        args: list[Any] = [
+            write.expected,
+            write.id,
+            version,
+            _encoder.encode(write.product) if write.product else b"",
+            "upsert" if write.product else "delete",
+            len(removed),
+        ]
+        await self._write_script(keys=keys, args=args, client=pipe)
+
+    async def list_ids(self, category: str, after: str | None, limit: int) -> list[str]:
+        key = self.category_key(category) if category else self.ids_key
+        start = f"({after}" if after else "-"
+        ids: list[Any] = await self.client.zrangebylex(key, start, "+", start=0, num=limit)
+        return [product_id.decode() for product_id in ids]
+
+    async def count(self) -> int:
+        total: int = await self.client.zcard(self.ids_key)
+        return total

@@ -1,0 +1,203 @@
+"""Product CRUD. Every write stores the product and emits its catalog event atomically."""
+
+import asyncio
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from recommender.catalog.repository import CatalogRepository, Write
+from recommender.catalog.schemas import (
+    BatchItemResult,
+    BatchResult,
+    Product,
+    ProductCreate,
+    ProductFields,
+    ProductPage,
+    ProductUpdate,
+    normalise_category,
+)
+from recommender.platform.errors import ConflictError, InvalidInputError, NotFoundError
+
+# Concurrent writers to one product retry their read-modify-write; this many tries is plenty.
+_MAX_ATTEMPTS = 20
+
+Change = Callable[[Product | None], Product | None]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _stored(product_id: str, fields: ProductFields, previous: Product | None) -> Product:
+    now = _now()
+    return Product(
+        id=product_id,
+        **{name: getattr(fields, name) for name in ProductFields.__struct_fields__},
+        created_at=previous.created_at if previous else now,
+        updated_at=now,
+        version=previous.version + 1 if previous else 1,
+    )
+
+
+class CatalogService:
+    def __init__(self, repository: CatalogRepository) -> None:
+        self.repository = repository
+
+    @property
+    def stream(self) -> str:
+        """The catalog events stream: {op, id, version} per write."""
+        return self.repository.stream
+
+    def product_key(self, product_id: str) -> str:
+        """The product's key: the vectors module's guarded write reads its version atomically."""
+        return self.repository.product_key(product_id)
+
+    async def get(self, product_id: str) -> Product:
+        (product,) = await self.repository.get_many([product_id])
+        if product is None:
+            raise NotFoundError(f"product '{product_id}' does not exist")
+        return product
+
+    async def get_many(self, ids: Sequence[str]) -> list[Product | None]:
+        return await self.repository.get_many(ids)
+
+    async def create(self, data: ProductCreate) -> Product:
+        def create(previous: Product | None) -> Product:
+            if previous is not None:
+                raise ConflictError(f"product '{data.id}' already exists")
+            return _stored(data.id, data, None)
+
+        product, _ = await self._apply(data.id, create)
+        return _present(product)
+
+    async def replace(self, product_id: str, data: ProductFields) -> tuple[Product, bool]:
+        """Create or replace; True when it was created."""
+        product, created = await self._apply(
+            product_id, lambda previous: _stored(product_id, data, previous)
+        )
+        return _present(product), created
+
+    async def update(self, product_id: str, changes: ProductUpdate) -> Product:
+        def update(previous: Product | None) -> Product:
+            if previous is None:
+                raise NotFoundError(f"product '{product_id}' does not exist")
+            merged = msgspec.structs.asdict(previous)
+            merged.update(
+                {
+                    name: value
+                    for name in ProductUpdate.__struct_fields__
+                    if (value := getattr(changes, name)) is not msgspec.UNSET
+                }
+            )
+            try:
+                fields = msgspec.convert(
+                    {name: merged[name] for name in ProductFields.__struct_fields__},
+                    ProductFields,
+                )
+            except msgspec.ValidationError as error:
+                raise InvalidInputError(str(error)) from error
+            return _stored(product_id, fields, previous)
+
+        product, _ = await self._apply(product_id, update)
+        return _present(product)
+
+    async def delete(self, product_id: str) -> None:
+        def delete(previous: Product | None) -> None:
+            if previous is None:
+                raise NotFoundError(f"product '{product_id}' does not exist")
+
+        await self._apply(product_id, delete)
+
+    async def list(self, category: str, cursor: str | None, limit: int) -> ProductPage:
+        try:
+            category = normalise_category(category)
+        except ValueError as error:
+            raise InvalidInputError(str(error)) from error
+        ids = await self.repository.list_ids(category, cursor, limit + 1)
+        page = ids[:limit]
+        products = [p for p in await self.repository.get_many(page) if p is not None]
+        return ProductPage(items=products, next_cursor=page[-1] if len(ids) > limit else None)
+
+    async def upsert_batch(self, items: Sequence[Any]) -> BatchResult:
+        """Validate each item on its own; store the valid ones; a result per item, in order."""
+        results: list[BatchItemResult] = []
+        valid: dict[str, tuple[int, ProductCreate]] = {}
+        for index, raw in enumerate(items):
+            try:
+                data = msgspec.convert(raw, ProductCreate)
+            except msgspec.ValidationError as error:
+                results.append(BatchItemResult(index=index, status="rejected", error=str(error)))
+                continue
+            if data.id in valid:
+                results.append(
+                    BatchItemResult(
+                        index=index,
+                        id=data.id,
+                        status="rejected",
+                        error=f"id '{data.id}' appears more than once in this batch",
+                    )
+                )
+                continue
+            valid[data.id] = (index, data)
+        stored = await self._apply_many(
+            {product_id: _replace_with(data) for product_id, (_, data) in valid.items()}
+        )
+        for product_id, (index, _) in valid.items():
+            product, created = stored[product_id]
+            results.append(
+                BatchItemResult(
+                    index=index,
+                    id=product_id,
+                    status="created" if created else "updated",
+                    version=_present(product).version,
+                )
+            )
+        results.sort(key=lambda result: result.index)
+        counts = dict.fromkeys(("created", "updated", "rejected"), 0)
+        for result in results:
+            counts[result.status] += 1
+        return BatchResult(items=results, **counts)
+
+    async def _apply(self, product_id: str, change: Change) -> tuple[Product | None, bool]:
+        return (await self._apply_many({product_id: change}))[product_id]
+
+    async def _apply_many(
+        self, changes: dict[str, Change]
+    ) -> dict[str, tuple[Product | None, bool]]:
+        """Optimistic read-modify-write: re-read and retry the ids another writer changed."""
+        outcome: dict[str, tuple[Product | None, bool]] = {}
+        todo = dict(changes)
+        for attempt in range(_MAX_ATTEMPTS):
+            ids = list(todo)
+            previous = dict(zip(ids, await self.repository.get_many(ids), strict=True))
+            writes = []
+            for product_id, change in todo.items():
+                before = previous[product_id]
+                after = change(before)
+                outcome[product_id] = (after, before is None)
+                writes.append(
+                    Write(
+                        id=product_id,
+                        expected=before.version if before else 0,
+                        product=after,
+                        old_category=before.category if before else "",
+                    )
+                )
+            applied = await self.repository.write_many(writes)
+            todo = {w.id: todo[w.id] for w, ok in zip(writes, applied, strict=True) if not ok}
+            if not todo:
+                return outcome
+            await asyncio.sleep(0.001 * (attempt + 1))
+        raise ConflictError(f"too many concurrent writes to: {', '.join(sorted(todo))}")
+
+
+def _replace_with(data: ProductCreate) -> Change:
+    return lambda previous: _stored(data.id, data, previous)
+
+
+def _present(product: Product | None) -> Product:
+    if product is None:  # only a delete yields None, and deletes do not come here
+        raise TypeError("a write that stores a product returned none")
+    return product

@@ -1,0 +1,79 @@
+"""Read surfaces: similar products, search, autocomplete."""
+
+from typing import Annotated
+
+from litestar import Controller, get
+from litestar.di import NamedDependency, Provide
+from litestar.params import Parameter
+
+from recommender.catalog.schemas import ID_PATTERN, Category, normalise_category
+from recommender.platform.errors import InvalidInputError
+from recommender.recommending.schemas import Completions, RecommendationList, SearchResult
+from recommender.recommending.service import RecommendService, SearchMode
+from recommender.vectors import Filters
+
+K = Annotated[int, Parameter(ge=1, le=100, description="How many items, at most.")]
+Price = Annotated[float | None, Parameter(ge=0)]
+PathId = Annotated[str, Parameter(pattern=ID_PATTERN)]
+Query = Annotated[str, Parameter(min_length=1, max_length=1000)]
+
+
+def provide_filters(
+    category: Annotated[Category, Parameter(description="Any prefix of a category path.")] = "",
+    min_price: Price = None,
+    max_price: Price = None,
+    in_stock: Annotated[
+        bool, Parameter(description="true: only products in stock; false: only those out of it")
+    ] = True,
+    exclude: Annotated[
+        list[Annotated[str, Parameter(pattern=ID_PATTERN)]] | None,
+        Parameter(max_items=100, description="Product ids to leave out (repeat the parameter)."),
+    ] = None,
+) -> Filters:
+    """The business filters every list endpoint takes, as query parameters."""
+    try:
+        path = normalise_category(category)
+    except ValueError as error:
+        raise InvalidInputError(str(error)) from error
+    if min_price is not None and max_price is not None and min_price > max_price:
+        raise InvalidInputError("min_price: must not exceed max_price")
+    return Filters(
+        category=path, min_price=min_price, max_price=max_price, in_stock=in_stock,
+        exclude=tuple(exclude or ()),
+    )  # fmt: skip
+
+
+class RecommendController(Controller):
+    path = "/api/v1"
+    tags = ["recommendations"]  # noqa: RUF012 - read by Litestar as a class attribute
+    dependencies = {"where": Provide(provide_filters, sync_to_thread=False)}  # noqa: RUF012
+
+    @get("/products/{product_id:str}/similar", summary="Products similar in content")
+    async def similar_products(
+        self,
+        product_id: PathId,
+        recommend: NamedDependency[RecommendService],
+        where: NamedDependency[Filters],
+        k: K = 10,
+        min_score: Annotated[
+            float | None, Parameter(ge=-1, le=1, description="Lowest cosine; default in config.")
+        ] = None,
+    ) -> RecommendationList:
+        return await recommend.similar(product_id, k, where, min_score)
+
+    @get("/search", summary="Hybrid product search: BM25 and vectors, fused")
+    async def search(
+        self,
+        recommend: NamedDependency[RecommendService],
+        where: NamedDependency[Filters],
+        q: Query,
+        k: K = 10,
+        mode: Annotated[SearchMode, Parameter(description="hybrid, or one side alone")] = "hybrid",
+    ) -> SearchResult:
+        return await recommend.search(q, k, where, mode)
+
+    @get("/autocomplete", summary="Product names completing what was typed")
+    async def autocomplete(
+        self, recommend: NamedDependency[RecommendService], q: Query, k: K = 10
+    ) -> Completions:
+        return await recommend.autocomplete(q, k)

@@ -1,0 +1,288 @@
+"""The RediSearch HNSW index of vectors: an index per model version, an alias on the live one.
+
+    {ns}vec:{version}:{id}       hash: embedding, filter fields, text fields, version, doc (JSON)
+    {ns}idx:products:v{version}  the index over that prefix
+    {ns}idx:products             alias of the live index
+
+Queries carry the product's public JSON (`doc`) back, so a result needs no second lookup.
+"""
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+import redis.asyncio as aioredis
+from redis.commands.search.field import NumericField, TagField, TextField, VectorField
+from redis.commands.search.index_definition import IndexDefinition, IndexType
+from redis.commands.search.query import Query
+from redis.exceptions import ResponseError
+
+from recommender.catalog import Product, category_prefixes
+from recommender.config import VectorSettings
+from recommender.platform.redis import Keyspace
+from recommender.vectors.model import DIMS
+
+TAG_SEPARATOR = "|"
+_TAG_SPECIAL = re.compile(r"([^A-Za-z0-9_])")
+_TEXT_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+# Write the vector document only if the product still has the version that was embedded; a
+# product that no longer exists takes its vector document with it.
+_GUARDED_WRITE = """
+local current = redis.call('HGET', KEYS[1], 'version')
+if not current then
+  redis.call('DEL', KEYS[2])
+  return -1
+end
+if current ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+return 1
+"""
+
+_doc_encoder = msgspec.json.Encoder()
+_doc_decoder = msgspec.json.Decoder(Product)
+
+
+def escape_tag(value: str) -> str:
+    """A literal TAG value: every character RediSearch could read as syntax is escaped."""
+    return _TAG_SPECIAL.sub(r"\\\1", value)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def text_terms(query: str) -> list[str]:
+    """The words of a free-text query, stripped of every bit of query syntax."""
+    return _TEXT_TOKEN.findall(query.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    category: str = ""
+    min_price: float | None = None
+    max_price: float | None = None
+    in_stock: bool | None = None
+    exclude: tuple[str, ...] = ()
+
+    def clause(self) -> str:
+        """The filter as a RediSearch query, `*` when there is none."""
+        parts = []
+        if self.category:
+            parts.append(f"@category:{{{escape_tag(self.category)}}}")
+        if self.min_price is not None or self.max_price is not None:
+            low = "-inf" if self.min_price is None else repr(float(self.min_price))
+            high = "+inf" if self.max_price is None else repr(float(self.max_price))
+            parts.append(f"@price:[{low} {high}]")
+        if self.in_stock is not None:
+            parts.append(f"@in_stock:{{{'1' if self.in_stock else '0'}}}")
+        if self.exclude:
+            ids = TAG_SEPARATOR.join(escape_tag(product_id) for product_id in self.exclude)
+            parts.append(f"-@pid:{{{ids}}}")
+        return " ".join(parts) or "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    product: Product
+    score: float
+
+
+class VectorIndex:
+    def __init__(self, client: "aioredis.Redis", keys: Keyspace, settings: VectorSettings) -> None:
+        self.client = client
+        self.keys = keys
+        self.settings = settings
+        self.alias = keys.key("idx", "products")
+        self._guarded_write = client.register_script(_GUARDED_WRITE)
+
+    def name(self, version: int) -> str:
+        return self.keys.key("idx", "products", f"v{version}")
+
+    def prefix(self, version: int) -> str:
+        return self.keys.key("vec", str(version), "")
+
+    def doc_key(self, version: int, product_id: str) -> str:
+        return self.prefix(version) + product_id
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def create(self, version: int) -> None:
+        """Create the index of one model version (idempotent)."""
+        schema: list[Any] = [
+            VectorField(
+                "embedding", "HNSW",
+                {
+                    "TYPE": "FLOAT32", "DIM": DIMS, "DISTANCE_METRIC": "COSINE",
+                    "M": self.settings.hnsw_m,
+                    "EF_CONSTRUCTION": self.settings.hnsw_ef_construction,
+                    "EF_RUNTIME": self.settings.hnsw_ef_runtime,
+                },
+            ),
+            TagField("pid", separator=TAG_SEPARATOR),
+            TagField("category", separator=TAG_SEPARATOR),
+            TagField("brand", separator=TAG_SEPARATOR),
+            TagField("in_stock"),
+            NumericField("price"),
+            TextField("name", weight=self.settings.name_weight),
+            TextField("description"),
+            TextField("category_text"),
+            TextField("brand_text"),
+        ]  # fmt: skip
+        definition = IndexDefinition(  # type: ignore[no-untyped-call]
+            prefix=[self.prefix(version)], index_type=IndexType.HASH
+        )
+        try:
+            await self.client.ft(self.name(version)).create_index(schema, definition=definition)
+        except ResponseError as error:
+            if "already exists" not in str(error):
+                raise
+
+    async def point_alias(self, version: int) -> None:
+        await self.client.ft(self.name(version)).aliasupdate(self.alias)
+
+    async def drop(self, version: int) -> None:
+        """Drop one version's index and its documents."""
+        try:
+            await self.client.ft(self.name(version)).dropindex(delete_documents=True)
+        except ResponseError as error:
+            if "Unknown" not in str(error) and "no such index" not in str(error).lower():
+                raise
+
+    async def document_count(self, version: int) -> int:
+        info: Any = await self.client.ft(self.name(version)).info()  # type: ignore[no-untyped-call]
+        return int(info["num_docs"])
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    async def write(
+        self,
+        version: int,
+        product_key: Callable[[str], str],
+        products: Sequence[Product],
+        vectors: np.ndarray[Any, np.dtype[np.float32]],
+    ) -> list[int]:
+        """Guarded writes: 1 written, 0 skipped (the product changed since), -1 removed."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for product, vector in zip(products, vectors, strict=True):
+                fields = self._fields(product, vector)
+                await self._guarded_write(
+                    keys=[product_key(product.id), self.doc_key(version, product.id)],
+                    args=[product.version, *fields],
+                    client=pipe,
+                )
+            results: list[Any] = await pipe.execute()
+        return [int(result) for result in results]
+
+    async def vector(self, version: int, product_id: str) -> np.ndarray[Any, Any] | None:
+        raw: Any = await self.client.hget(self.doc_key(version, product_id), "embedding")
+        return None if raw is None else np.frombuffer(raw, dtype=np.float32)
+
+    async def indexed_versions(self, version: int, ids: Sequence[str]) -> list[int | None]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for product_id in ids:
+                pipe.hget(self.doc_key(version, product_id), "version")
+            raw: list[Any] = await pipe.execute()
+        return [None if value is None else int(value) for value in raw]
+
+    async def remove_others(self, version: int, keep: set[str]) -> int:
+        """Delete this version's documents of products not in `keep`; how many went."""
+        prefix = self.prefix(version)
+        doomed = [
+            key
+            async for key in self.client.scan_iter(match=self.keys.escape(prefix) + "*", count=1000)
+            if key.decode()[len(prefix) :] not in keep
+        ]
+        if doomed:
+            await self.client.delete(*doomed)
+        return len(doomed)
+
+    async def delete(self, version: int, ids: Sequence[str]) -> None:
+        if ids:
+            await self.client.delete(*(self.doc_key(version, product_id) for product_id in ids))
+
+    def _fields(self, product: Product, vector: np.ndarray[Any, Any]) -> list[Any]:
+        fields: list[Any] = [
+            "embedding", np.ascontiguousarray(vector, dtype=np.float32).tobytes(),
+            "pid", product.id,
+            "category", TAG_SEPARATOR.join(category_prefixes(product.category)),
+            "brand", product.brand,
+            "in_stock", "1" if product.in_stock else "0",
+            "name", product.name,
+            "description", product.description,
+            "category_text", product.category,
+            "brand_text", product.brand,
+            "version", product.version,
+            "doc", _doc_encoder.encode(product),
+        ]  # fmt: skip
+        if product.price is not None:
+            fields += ["price", product.price]
+        return fields
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    async def knn(
+        self, vector: np.ndarray[Any, Any], k: int, filters: Filters, index: str | None = None
+    ) -> list[Hit]:
+        """The k nearest products by cosine that pass the filters, best first."""
+        query = (
+            Query(f"({filters.clause()})=>[KNN {k} @embedding $vector AS distance]")
+            .sort_by("distance")
+            .return_fields("doc", "distance")
+            .paging(0, k)
+            .dialect(2)
+        )
+        params: dict[str, Any] = {
+            "vector": np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+        }
+        result: Any = await self.client.ft(index or self.alias).search(query, params)
+        return [Hit(_doc_decoder.decode(doc.doc), 1.0 - float(doc.distance)) for doc in result.docs]
+
+    async def text(
+        self, terms: Sequence[str], k: int, filters: Filters, index: str | None = None
+    ) -> list[Hit]:
+        """BM25 over name, description, category and brand; any of the terms may match."""
+        if not terms:
+            return []
+        words = " | ".join(terms)
+        where = filters.clause()
+        text = f"@name|description|category_text|brand_text:({words})"
+        query = (
+            Query(text if where == "*" else f"{text} {where}")
+            .scorer("BM25")
+            .with_scores()
+            .return_fields("doc")
+            .paging(0, k)
+            .dialect(2)
+        )
+        result: Any = await self.client.ft(index or self.alias).search(query)
+        return [Hit(_doc_decoder.decode(doc.doc), float(doc.score)) for doc in result.docs]
+
+    async def spellcheck(self, terms: Sequence[str], index: str) -> dict[str, str]:
+        """The best correction of each term the index does not know (distance 1, then 2)."""
+        corrections: dict[str, str] = {}
+        for distance in (1, 2):
+            unknown = [t for t in terms if t not in corrections]
+            if not unknown:
+                break
+            result: Any = await self.client.ft(index).spellcheck(  # type: ignore[no-untyped-call]
+                " ".join(unknown), distance=distance
+            )
+            for term, suggestions in result.items():
+                if suggestions:
+                    best = max(suggestions, key=lambda item: float(item["score"]))
+                    corrections.setdefault(_text(term), _text(best["suggestion"]))
+        return corrections
+
+    async def complete(self, terms: Sequence[str], k: int, index: str) -> list[Product]:
+        """Products whose name has every term, the last one as a prefix."""
+        *whole, last = terms
+        words = " ".join([*whole, f"{last}*"])
+        query = (
+            Query(f"@name:({words}) @in_stock:{{1}}").return_fields("doc").paging(0, k).dialect(2)
+        )
+        result: Any = await self.client.ft(index).search(query)
+        return [_doc_decoder.decode(doc.doc) for doc in result.docs]

@@ -1,0 +1,277 @@
+"""Embedding products into the live index, refitting the model, and vector queries.
+
+Every write reaches the index of the live model and, during a refit, the index being built, so
+the swap loses nothing. CPU work (fitting, embedding big batches, loading a model) runs in a
+worker thread so the event loop keeps serving.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import msgspec
+import numpy as np
+import structlog
+from redis.exceptions import RedisError
+
+from recommender.catalog import CatalogService, Product
+from recommender.config import VectorSettings
+from recommender.platform.errors import AppError, StoreUnavailableError
+from recommender.vectors.index import Filters, Hit, VectorIndex
+from recommender.vectors.model import EmbeddingModel, ModelInfo, ProductText, fit_model
+from recommender.vectors.repository import ModelState, ModelStore
+
+log = structlog.get_logger()
+
+# Batches at least this big are embedded in a worker thread; smaller ones are quicker inline.
+_THREAD_BATCH = 32
+
+
+class RefitBusyError(AppError):
+    status_code = 409
+    code = "refit_in_progress"
+
+
+class ModelNotReadyError(StoreUnavailableError):
+    code = "model_not_ready"
+
+
+class LiveModel(msgspec.Struct, kw_only=True):
+    info: ModelInfo | None
+    building: int | None
+    changes_since_fit: int
+    refit_due_at_changes: int
+
+
+def product_text(product: Product) -> ProductText:
+    return ProductText(
+        name=product.name,
+        description=product.description,
+        category=product.category,
+        brand=product.brand,
+        tags=tuple(product.tags),
+    )
+
+
+class VectorService:
+    def __init__(
+        self,
+        catalog: CatalogService,
+        store: ModelStore,
+        index: VectorIndex,
+        settings: VectorSettings,
+    ) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.index = index
+        self.settings = settings
+        self._models: dict[int, EmbeddingModel] = {}
+        self._refit_task: asyncio.Task[Any] | None = None
+
+    # -- models -----------------------------------------------------------------------------------
+
+    async def model(self, version: int) -> EmbeddingModel:
+        """A model version, loaded once per process."""
+        model = self._models.get(version)
+        if model is None:
+            data = await self.store.load(version)
+            if data is None:
+                raise ModelNotReadyError(f"embedding model version {version} is not stored")
+            model = await asyncio.to_thread(EmbeddingModel.from_bytes, data)
+            self._models = {v: m for v, m in self._models.items() if v > version - 2}
+            self._models[version] = model
+        return model
+
+    async def live_model(self) -> tuple[int, EmbeddingModel]:
+        state = await self.store.state()
+        if state.live is None:
+            raise ModelNotReadyError("no embedding model yet: add products first")
+        return state.live, await self.model(state.live)
+
+    async def describe(self) -> LiveModel:
+        state = await self.store.state()
+        info = (await self.model(state.live)).info if state.live is not None else None
+        return LiveModel(
+            info=info,
+            building=state.building,
+            changes_since_fit=state.changes,
+            refit_due_at_changes=self._refit_threshold(state),
+        )
+
+    async def embed(
+        self, model: EmbeddingModel, products: Sequence[Product]
+    ) -> np.ndarray[Any, Any]:
+        texts = [product_text(product) for product in products]
+        if len(texts) >= _THREAD_BATCH:
+            return await asyncio.to_thread(model.embed, texts)
+        return model.embed(texts)
+
+    # -- the indexer (called by the consumer) -----------------------------------------------------
+
+    async def index_products(self, ids: Sequence[str]) -> None:
+        """Bring the vector documents of these products in line with the catalog."""
+        ids = list(dict.fromkeys(ids))
+        state = await self.store.state()
+        if state.live is None:
+            # The first products: fit on what the catalog holds now, which includes these.
+            await self.refit(reason="first products")
+            return
+        products = await self.catalog.get_many(ids)
+        present = [p for p in products if p is not None]
+        gone = [i for i, p in zip(ids, products, strict=True) if p is None]
+        for version in state.versions:
+            await self._write(version, present)
+            await self.index.delete(version, gone)
+        await self.store.count_changes(len(ids))
+        if self._refit_due(state, len(ids)):
+            self.start_refit(reason="catalog changed")
+
+    async def _write(self, version: int, products: Sequence[Product]) -> None:
+        if not products:
+            return
+        vectors = await self.embed(await self.model(version), products)
+        await self.index.write(version, self.catalog.product_key, products, vectors)
+
+    def _refit_threshold(self, state: ModelState) -> int:
+        return max(1, int(state.documents * self.settings.refit_change_fraction))
+
+    def _refit_due(self, state: ModelState, new_changes: int) -> bool:
+        waited = time.time() - state.fitted_at >= self.settings.refit_min_interval_seconds
+        changed = state.changes + new_changes >= self._refit_threshold(state)
+        return state.building is None and waited and changed
+
+    # -- refit ------------------------------------------------------------------------------------
+
+    async def refit_when_due(self, check_seconds: float) -> None:
+        """Runs for the app's life: a catalog that changed and then went quiet still gets refit."""
+        while True:
+            await asyncio.sleep(check_seconds)
+            try:
+                state = await self.store.state()
+                if state.live is not None and self._refit_due(state, 0):
+                    self.start_refit(reason="catalog changed")
+            except RedisError as error:
+                log.warning("refit_check_failed", error=str(error))
+
+    def start_refit(self, reason: str) -> None:
+        """Refit in the background of this process, unless one is already running here."""
+        if self._refit_task is None or self._refit_task.done():
+            self._refit_task = asyncio.create_task(self._refit_logged(reason), name="refit")
+
+    async def _refit_logged(self, reason: str) -> None:
+        try:
+            await self.refit(reason)
+        except RefitBusyError:
+            log.info("refit_skipped", reason="another process is refitting")
+        except Exception:
+            log.exception("refit_failed", reason=reason)
+
+    async def stop(self) -> None:
+        if self._refit_task is not None and not self._refit_task.done():
+            self._refit_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refit_task
+
+    async def refit(self, reason: str) -> ModelInfo:
+        """Fit the next model on the whole catalog, build its index beside the live one, swap.
+
+        Writes arriving meanwhile go to both indexes (the consumer reads `building`), and a last
+        pass re-embeds anything whose version moved during the back-fill, so nothing is lost.
+        """
+        version = await self.store.acquire(self.settings.refit_lock_seconds)
+        if version is None:
+            raise RefitBusyError("a refit is already running")
+        started = time.perf_counter()
+        previous = (await self.store.state()).live
+        try:
+            products = [p async for p in self._all_products()]
+            log.info("refit_started", version=version, reason=reason, documents=len(products))
+            texts = [product_text(product) for product in products]
+            model = await asyncio.to_thread(fit_model, texts, version)
+            await self.store.save(version, await asyncio.to_thread(model.to_bytes))
+            self._models[version] = model
+            await self.index.create(version)
+            await self.store.mark_building(version)
+            await self._backfill(version, model, products)
+            await self._catch_up(version)
+            if not await self.store.publish(version, len(products), time.time()):
+                raise RefitBusyError("the refit lock expired before the swap; nothing changed")
+            await self.index.point_alias(version)
+        except BaseException:
+            await self.index.drop(version)
+            await self.store.abandon(version)
+            raise
+        finally:
+            await self.store.release(version)
+        if previous is not None:
+            await self.index.drop(previous)
+            await self.store.delete(previous)
+        log.info(
+            "refit_finished",
+            version=version,
+            documents=len(products),
+            components=model.info.components,
+            seconds=round(time.perf_counter() - started, 2),
+        )
+        return model.info
+
+    async def _all_products(self) -> AsyncIterator[Product]:
+        cursor: str | None = None
+        while True:
+            page = await self.catalog.list("", cursor, 1000)
+            for product in page.items:
+                yield product
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def _backfill(
+        self, version: int, model: EmbeddingModel, products: Sequence[Product]
+    ) -> None:
+        size = self.settings.backfill_batch_size
+        for start in range(0, len(products), size):
+            batch = products[start : start + size]
+            vectors = await self.embed(model, batch)
+            await self.index.write(version, self.catalog.product_key, batch, vectors)
+            if (start // size) % 20 == 0:
+                log.info("refit_progress", version=version, done=start + len(batch),
+                         total=len(products))  # fmt: skip
+
+    async def _catch_up(self, version: int) -> None:
+        """Re-embed what changed after the back-fill read it (a consumer may not have known)."""
+        products = [p async for p in self._all_products()]
+        indexed = await self.index.indexed_versions(version, [p.id for p in products])
+        stale = [p for p, seen in zip(products, indexed, strict=True) if seen != p.version]
+        if stale:
+            log.info("refit_catch_up", version=version, products=len(stale))
+            await self._write(version, stale)
+        removed = await self.index.remove_others(version, {p.id for p in products})
+        if removed:
+            log.info("refit_catch_up_removed", version=version, products=removed)
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    async def stored_vector(self, product_id: str) -> tuple[int, np.ndarray[Any, Any] | None]:
+        """The live version and the product's vector in it (None if not embedded yet)."""
+        state = await self.store.state()
+        if state.live is None:
+            return 0, None
+        return state.live, await self.index.vector(state.live, product_id)
+
+    async def nearest(
+        self, version: int, vector: np.ndarray[Any, Any], k: int, filters: Filters
+    ) -> list[Hit]:
+        return await self.index.knn(vector, k, filters, self.index.name(version))
+
+    async def lexical(
+        self, version: int, terms: Sequence[str], k: int, filters: Filters
+    ) -> list[Hit]:
+        return await self.index.text(terms, k, filters, self.index.name(version))
+
+    async def spellcheck(self, version: int, terms: Sequence[str]) -> dict[str, str]:
+        return await self.index.spellcheck(terms, self.index.name(version))
+
+    async def complete(self, version: int, terms: Sequence[str], k: int) -> list[Product]:
+        return await self.index.complete(terms, k, self.index.name(version))

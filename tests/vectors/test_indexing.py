@@ -1,0 +1,134 @@
+"""The indexer and refits on a real RediSearch: version-guarded writes, deletes, swaps."""
+
+import asyncio
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from conftest import Drain
+from recommender.catalog import ProductCreate
+from recommender.catalog.schemas import ProductUpdate
+from recommender.services import Services
+
+
+async def add(services: Services, *names: str) -> None:
+    for i, name in enumerate(names):
+        await services.catalog.create(ProductCreate(id=f"p{i}", name=name))
+
+
+@pytest.mark.asyncio
+async def test_first_product_fits_a_model_and_is_indexed(
+    services: Services, drain: Drain, redis: "aioredis.Redis"
+) -> None:
+    await add(services, "Red wool scarf")
+    await drain()
+    described = await services.vectors.describe()
+    assert described.info is not None
+    assert (described.info.documents, described.info.dims) == (1, 384)
+    version, vector = await services.vectors.stored_vector("p0")
+    assert vector is not None
+    assert vector.shape == (384,)
+    assert np.isclose(np.linalg.norm(vector), 1.0, atol=1e-5)
+    stored = await redis.get(services.vectors.store.model_key(version))
+    assert stored is not None
+    assert not stored.startswith(b"\x80")  # not a pickle: arrays and vocabulary only
+
+
+@pytest.mark.asyncio
+async def test_stale_embedding_never_overwrites_a_newer_version(
+    services: Services, drain: Drain
+) -> None:
+    await add(services, "Red wool scarf", "Blue wool scarf")
+    await drain()
+    version, model = await services.vectors.live_model()
+    old = await services.catalog.get("p0")
+    await services.catalog.update("p0", ProductUpdate(name="Green silk tie"))
+    # A slow consumer that embedded the old text arrives after the change: it is skipped.
+    vectors = await services.vectors.embed(model, [old])
+    written = await services.vectors.index.write(
+        version, services.catalog.product_key, [old], vectors
+    )
+    assert written == [0]
+    await drain()
+    assert await services.vectors.index.indexed_versions(version, ["p0"]) == [2]
+
+
+@pytest.mark.asyncio
+async def test_late_write_of_a_deleted_product_removes_its_vector(
+    services: Services, drain: Drain
+) -> None:
+    await add(services, "Red wool scarf", "Blue wool scarf")
+    await drain()
+    version, model = await services.vectors.live_model()
+    old = await services.catalog.get("p1")
+    await services.catalog.delete("p1")
+    vectors = await services.vectors.embed(model, [old])
+    written = await services.vectors.index.write(
+        version, services.catalog.product_key, [old], vectors
+    )
+    assert written == [-1]
+    assert await services.vectors.index.vector(version, "p1") is None
+
+
+@pytest.mark.asyncio
+async def test_redelivered_events_are_harmless(services: Services, drain: Drain) -> None:
+    await add(services, "Red wool scarf", "Blue wool scarf")
+    await drain()
+    version, _ = await services.vectors.live_model()
+    await services.vectors.index_products(["p0", "p0", "p1", "p0"])
+    assert await services.vectors.index.indexed_versions(version, ["p0", "p1"]) == [1, 1]
+    assert await services.vectors.index.document_count(version) == 2
+
+
+@pytest.mark.asyncio
+async def test_refit_swaps_to_a_new_index_and_drops_the_old(
+    services: Services, drain: Drain, redis: "aioredis.Redis"
+) -> None:
+    await add(services, "Red wool scarf", "Blue wool scarf", "Brass desk lamp")
+    await drain()
+    before, _ = await services.vectors.live_model()
+    info = await services.vectors.refit(reason="test")
+    after, _ = await services.vectors.live_model()
+    assert after == info.version
+    assert after > before
+    assert info.documents == 3
+    assert await services.vectors.index.document_count(after) == 3
+    names = {name.decode() for name in await redis.execute_command("FT._LIST")}
+    assert services.vectors.index.name(before) not in names
+    assert services.vectors.index.name(after) in names
+    assert await redis.get(services.vectors.store.model_key(before)) is None
+    alias = await redis.ft(services.vectors.index.alias).info()
+    assert alias["index_name"] == services.vectors.index.name(after)
+
+
+@pytest.mark.asyncio
+async def test_writes_during_a_refit_reach_the_new_index(services: Services, drain: Drain) -> None:
+    await add(services, *[f"Wool scarf number {i}" for i in range(300)])
+    await drain()
+    refit = asyncio.create_task(services.vectors.refit(reason="test"))
+    for i in range(20):
+        await services.catalog.update(f"p{i}", ProductUpdate(name=f"Silk tie {i}"))
+        await services.catalog.delete(f"p{100 + i}")
+        await drain()
+        await asyncio.sleep(0)
+    info = await refit
+    await drain()
+    version, _ = await services.vectors.live_model()
+    assert version == info.version
+    products = [p async for p in services.vectors._all_products()]
+    assert len(products) == 280
+    indexed = await services.vectors.index.indexed_versions(version, [p.id for p in products])
+    assert indexed == [p.version for p in products]
+    assert await services.vectors.index.document_count(version) == 280
+
+
+@pytest.mark.asyncio
+async def test_only_one_refit_at_a_time(services: Services, drain: Drain) -> None:
+    await add(services, *[f"Wool scarf number {i}" for i in range(50)])
+    await drain()
+    results = await asyncio.gather(
+        services.vectors.refit(reason="a"), services.vectors.refit(reason="b"),
+        return_exceptions=True,
+    )  # fmt: skip
+    assert sorted(type(r).__name__ for r in results) == ["ModelInfo", "RefitBusyError"]
