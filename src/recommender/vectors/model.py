@@ -286,7 +286,7 @@ class EmbeddingModel:
         """Load a model from `to_bytes` output; ModelFormatError if it is not a valid one."""
         view = memoryview(data)
         header = bytes(view[: len(_HEADER)])
-        if not header.startswith(_MAGIC):
+        if len(header) < len(_HEADER) or not header.startswith(_MAGIC):
             raise ModelFormatError("not a serialised embedding model (unknown header)")
         if header != _HEADER:
             raise ModelFormatError(
@@ -309,7 +309,7 @@ class EmbeddingModel:
         for field in state.fields:
             terms = field.vocabulary
             if len(set(terms)) != len(terms):
-                raise ModelFormatError(f"malformed embedding model: repeated terms in {keys}")
+                raise ModelFormatError(f"malformed embedding model: {field.spec.key} repeats terms")
             idf = _decode_array(field.idf, "<f8", (len(terms),), f"{field.spec.key} idf")
             if not np.all(idf > 0):
                 raise ModelFormatError(f"malformed embedding model: {field.spec.key} idf <= 0")
