@@ -25,6 +25,7 @@ from recommender.platform.redis import Keyspace, create_client, require_search_m
 from recommender.platform.streams import StreamRunner
 from recommender.recommending import RecommendController
 from recommender.services import build_services
+from recommender.tracking import EventController
 from recommender.vectors import ModelController
 
 log = structlog.get_logger()
@@ -63,6 +64,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             redis=client,
             catalog=services.catalog,
             vectors=services.vectors,
+            tracking=services.tracking,
             recommend=services.recommend,
         )
         if settings.streams.consumers_enabled:
@@ -98,11 +100,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HealthController,
             MetricsController,
             ProductController,
+            EventController,
             RecommendController,
             ModelController,
         ],
         dependencies={
-            name: _from_state(name) for name in ("redis", "catalog", "vectors", "recommend")
+            name: _from_state(name)
+            for name in ("redis", "catalog", "vectors", "tracking", "recommend")
         },
         state=State(
             {

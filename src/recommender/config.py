@@ -101,6 +101,22 @@ class VectorSettings(Setting, frozen=True):
 class RecommendSettings(Setting, frozen=True):
     # Similar products below this cosine are left out unless the request says otherwise.
     similar_min_score: Annotated[float, Meta(ge=-1, le=1)] = 0.1
+    # "For you" starts from this many of the shopper's recent products (by weight)...
+    anchors: Annotated[int, Meta(ge=1, le=100)] = 10
+    # ...weighted by event type (tracking.weights) and by age, halving every this many days.
+    recency_half_life_days: PositiveSeconds = 30.0
+    # Candidates each anchor brings from each source.
+    neighbours_per_anchor: Annotated[int, Meta(ge=1, le=500)] = 30
+    # How much each source counts in the blend.
+    content_weight: Annotated[float, Meta(ge=0)] = 1.0
+    co_purchase_weight: Annotated[float, Meta(ge=0)] = 1.0
+    co_view_weight: Annotated[float, Meta(ge=0)] = 0.5
+    co_cart_weight: Annotated[float, Meta(ge=0)] = 0.7
+    popularity_weight: Annotated[float, Meta(ge=0)] = 0.2
+    # The shopper's own repeat purchases, when purchases are not excluded.
+    buy_again_weight: Annotated[float, Meta(ge=0)] = 1.0
+    # No category may fill more than this share of a list unless the request filters to it.
+    max_category_share: Annotated[float, Meta(gt=0, le=1)] = 0.5
 
 
 class SearchSettings(Setting, frozen=True):
@@ -113,6 +129,43 @@ class SearchSettings(Setting, frozen=True):
     # Fewer lexical hits than this: add vector-side alternatives, marked as such.
     few_lexical_hits: Annotated[int, Meta(ge=0, le=100)] = 3
     max_query_length: Annotated[int, Meta(ge=1, le=10_000)] = 200
+
+
+class EventWeights(Setting, frozen=True):
+    """How much each kind of event says about a shopper's interest (and a product's popularity)."""
+
+    view: Annotated[float, Meta(ge=0)] = 1.0
+    click: Annotated[float, Meta(ge=0)] = 2.0
+    add_to_cart: Annotated[float, Meta(ge=0)] = 4.0
+    remove_from_cart: Annotated[float, Meta(ge=0)] = 0.0
+    purchase: Annotated[float, Meta(ge=0)] = 8.0
+    search: Annotated[float, Meta(ge=0)] = 0.0
+
+
+class TrackingSettings(Setting, frozen=True):
+    # Recent events kept per shopper (newest first); "for you" reads from these.
+    history_length: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    # A client's event_id is remembered this long, so a retried event counts once.
+    event_id_ttl_seconds: Annotated[int, Meta(ge=60)] = 7 * 86400
+    # An event's timestamp may be at most this far in the future (clock skew).
+    max_future_skew_seconds: Annotated[float, Meta(ge=0)] = 300.0
+    # /popular counts events over the last `days` (default below); buckets older than the
+    # longest window are dropped.
+    popularity_default_days: Annotated[int, Meta(ge=1, le=365)] = 7
+    popularity_max_days: Annotated[int, Meta(ge=1, le=365)] = 90
+    trending_half_life_hours: PositiveSeconds = 48.0
+    # Products kept per trending list (all, and per category path).
+    trending_top_n: PositiveInt = 10_000
+    cooccurrence_half_life_days: PositiveSeconds = 90.0
+    # Neighbours kept per product and kind (purchase, view, cart).
+    cooccurrence_top_n: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    # Co-view and co-cart pair a product with the shopper's last this-many products...
+    cooccurrence_window: Annotated[int, Meta(ge=1, le=100)] = 10
+    # ...seen within this long of each other (as the window expires).
+    cooccurrence_window_seconds: Annotated[int, Meta(ge=60)] = 86400
+    # A shopper's purchases decay with this half-life for buy-again (frequency and recency).
+    bought_half_life_days: PositiveSeconds = 180.0
+    weights: EventWeights = msgspec.field(default_factory=EventWeights)
 
 
 class LoggingSettings(Setting, frozen=True):
@@ -129,6 +182,7 @@ class Settings(Setting, frozen=True):
     vectors: VectorSettings = msgspec.field(default_factory=VectorSettings)
     recommend: RecommendSettings = msgspec.field(default_factory=RecommendSettings)
     search: SearchSettings = msgspec.field(default_factory=SearchSettings)
+    tracking: TrackingSettings = msgspec.field(default_factory=TrackingSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     def __post_init__(self) -> None:

@@ -13,6 +13,7 @@ from recommender.config import Settings
 from recommender.platform.redis import Keyspace
 from recommender.platform.streams import StreamRunner
 from recommender.recommending import RecommendService
+from recommender.tracking import TrackingRepository, TrackingService, aggregator
 from recommender.vectors import ModelStore, VectorIndex, VectorService, indexer
 
 
@@ -20,6 +21,7 @@ from recommender.vectors import ModelStore, VectorIndex, VectorService, indexer
 class Services:
     catalog: CatalogService
     vectors: VectorService
+    tracking: TrackingService
     recommend: RecommendService
     runners: list[StreamRunner]
 
@@ -28,7 +30,13 @@ def build_services(client: "aioredis.Redis", keys: Keyspace, settings: Settings)
     catalog = CatalogService(CatalogRepository(client, keys))
     index = VectorIndex(client, keys, settings.vectors)
     vectors = VectorService(catalog, ModelStore(client, keys), index, settings.vectors)
-    recommend = RecommendService(catalog, vectors, settings.recommend, settings.search)
+    tracking = TrackingService(TrackingRepository(client, keys), catalog, settings.tracking)
+    recommend = RecommendService(catalog, vectors, tracking, settings)
     dead_letters = keys.key("stream", "dead-letter")
-    runners = [indexer(client, vectors, catalog.stream, dead_letters, settings.streams)]
-    return Services(catalog=catalog, vectors=vectors, recommend=recommend, runners=runners)
+    runners = [
+        indexer(client, vectors, catalog.stream, dead_letters, settings.streams),
+        aggregator(client, tracking, dead_letters, settings.streams),
+    ]
+    return Services(
+        catalog=catalog, vectors=vectors, tracking=tracking, recommend=recommend, runners=runners
+    )

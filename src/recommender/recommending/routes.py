@@ -1,5 +1,6 @@
 """Read surfaces: similar products, search, autocomplete."""
 
+import dataclasses
 from typing import Annotated
 
 from litestar import Controller, get
@@ -10,11 +11,16 @@ from recommender.catalog.schemas import ID_PATTERN, Category, normalise_category
 from recommender.platform.errors import InvalidInputError
 from recommender.recommending.schemas import Completions, RecommendationList, SearchResult
 from recommender.recommending.service import RecommendService, SearchMode
+from recommender.tracking import Shopper
 from recommender.vectors import Filters
 
 K = Annotated[int, Parameter(ge=1, le=100, description="How many items, at most.")]
 Price = Annotated[float | None, Parameter(ge=0)]
 PathId = Annotated[str, Parameter(pattern=ID_PATTERN)]
+ExcludePurchased = Annotated[
+    bool, Parameter(description="Leave out what the shopper already bought (default true).")
+]
+Days = Annotated[int | None, Parameter(ge=1, le=365, description="Window; default in config.")]
 Query = Annotated[str, Parameter(min_length=1, max_length=1000)]
 
 
@@ -77,3 +83,94 @@ class RecommendController(Controller):
         self, recommend: NamedDependency[RecommendService], q: Query, k: K = 10
     ) -> Completions:
         return await recommend.autocomplete(q, k)
+
+    @get("/users/{user_id:str}/recommendations", summary="For you: a signed-in shopper")
+    async def for_user(
+        self,
+        user_id: PathId,
+        recommend: NamedDependency[RecommendService],
+        where: NamedDependency[Filters],
+        k: K = 10,
+        exclude_purchased: ExcludePurchased = True,
+    ) -> RecommendationList:
+        return await recommend.for_you(Shopper("user", user_id), k, where, exclude_purchased)
+
+    @get("/sessions/{session_id:str}/recommendations", summary="For you: an anonymous shopper")
+    async def for_session(
+        self,
+        session_id: PathId,
+        recommend: NamedDependency[RecommendService],
+        where: NamedDependency[Filters],
+        k: K = 10,
+        exclude_purchased: ExcludePurchased = True,
+    ) -> RecommendationList:
+        shopper = Shopper("session", session_id)
+        return await recommend.for_you(shopper, k, where, exclude_purchased)
+
+    @get("/users/{user_id:str}/buy-again", summary="The user's repeat purchases")
+    async def buy_again(
+        self,
+        user_id: PathId,
+        recommend: NamedDependency[RecommendService],
+        where: NamedDependency[Filters],
+        k: K = 10,
+    ) -> RecommendationList:
+        return await recommend.buy_again(Shopper("user", user_id), k, where)
+
+    @get("/products/{product_id:str}/bought-together", summary="Bought with this product")
+    async def bought_together(
+        self,
+        product_id: PathId,
+        recommend: NamedDependency[RecommendService],
+        where: NamedDependency[Filters],
+        k: K = 10,
+    ) -> RecommendationList:
+        return await recommend.bought_together(product_id, k, where)
+
+    @get("/popular", summary="Most interacted-with products over a window")
+    async def popular(
+        self,
+        recommend: NamedDependency[RecommendService],
+        where: NamedDependency[Filters],
+        k: K = 10,
+        days: Days = None,
+    ) -> RecommendationList:
+        return await recommend.popular(k, where, days)
+
+    @get("/trending", summary="Products rising now (time-decayed interest)")
+    async def trending(
+        self,
+        recommend: NamedDependency[RecommendService],
+        where: NamedDependency[Filters],
+        k: K = 10,
+    ) -> RecommendationList:
+        return await recommend.trending(k, where)
+
+    @get("/categories/{path:str}/popular", summary="Popular in a category (any path prefix)")
+    async def category_popular(
+        self,
+        path: Category,
+        recommend: NamedDependency[RecommendService],
+        where: NamedDependency[Filters],
+        k: K = 10,
+        days: Days = None,
+    ) -> RecommendationList:
+        return await recommend.popular(k, _in_category(where, path), days)
+
+    @get("/categories/{path:str}/trending", summary="Trending in a category (any path prefix)")
+    async def category_trending(
+        self,
+        path: Category,
+        recommend: NamedDependency[RecommendService],
+        where: NamedDependency[Filters],
+        k: K = 10,
+    ) -> RecommendationList:
+        return await recommend.trending(k, _in_category(where, path))
+
+
+def _in_category(where: Filters, path: str) -> Filters:
+    try:
+        category = normalise_category(path)
+    except ValueError as error:
+        raise InvalidInputError(str(error)) from error
+    return dataclasses.replace(where, category=category)

@@ -6,13 +6,25 @@ import msgspec
 
 from recommender.catalog import Product
 
-Strategy = Literal["similar", "search", "search_alternative"]
+Strategy = Literal[
+    "similar",
+    "search",
+    "search_alternative",
+    "co_purchased",
+    "co_viewed",
+    "co_carted",
+    "popular",
+    "trending",
+    "buy_again",
+]
 
 
 class Reason(msgspec.Struct, kw_only=True, omit_defaults=True):
     strategy: Strategy
-    # The product this one is related to ("similar to X"), where there is one.
+    # The product this one is related to ("similar to X"), where there is one...
     anchor: str | None = None
+    # ...and what the shopper did with it ("because you viewed X").
+    anchor_event: str | None = None
     # For search: which side found it (text, vector, or both).
     matched: Literal["text", "vector", "text+vector"] | None = None
 

@@ -1,5 +1,6 @@
 """Read surfaces over the catalog's vectors: similar products, hybrid search, autocomplete."""
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ import msgspec
 import numpy as np
 
 from recommender.catalog import CatalogService, Product
-from recommender.config import RecommendSettings, SearchSettings
+from recommender.config import Settings
 from recommender.platform.errors import InvalidInputError
 from recommender.recommending.schemas import (
     Completion,
@@ -19,6 +20,7 @@ from recommender.recommending.schemas import (
     RecommendedProduct,
     SearchResult,
 )
+from recommender.tracking import HistoryEntry, Shopper, TrackingService
 from recommender.vectors import Filters, Hit, VectorService, text_terms
 
 SearchMode = Literal["hybrid", "bm25", "vector"]
@@ -49,13 +51,15 @@ class RecommendService:
         self,
         catalog: CatalogService,
         vectors: VectorService,
-        settings: RecommendSettings,
-        search_settings: SearchSettings,
+        tracking: TrackingService,
+        settings: Settings,
     ) -> None:
         self.catalog = catalog
         self.vectors = vectors
-        self.settings = settings
-        self.search_settings = search_settings
+        self.tracking = tracking
+        self.settings = settings.recommend
+        self.search_settings = settings.search
+        self.popular_days = settings.tracking.popularity_default_days
 
     async def similar(
         self, product_id: str, k: int, filters: Filters, min_score: float | None = None
@@ -147,3 +151,188 @@ class RecommendService:
         version, _ = await self.vectors.live_model()
         products = await self.vectors.complete(version, terms, k)
         return Completions(query=query, items=[Completion(id=p.id, name=p.name) for p in products])
+
+    # -- personal and behavioural lists ---------------------------------------------------------
+
+    async def for_you(
+        self, shopper: Shopper, k: int, filters: Filters, exclude_purchased: bool = True
+    ) -> RecommendationList:
+        """Blend what the shopper's recent products lead to; popular items for a stranger."""
+        history = await self.tracking.history(shopper)
+        purchased = dict(await self.tracking.purchased(shopper))
+        anchors = self._anchors(history)
+        blend = _Blend()
+        await self._add_neighbours(blend, anchors)
+        if not exclude_purchased:
+            for product_id, weight in purchased.items():
+                blend.add(product_id, self.settings.buy_again_weight * weight,
+                          Reason(strategy="buy_again"))  # fmt: skip
+        category = filters.category or await self._favourite_category(anchors)
+        popular = await self.tracking.popular(self.popular_days, category, k * 3)
+        for product_id, weight in popular:
+            blend.add(product_id, self.settings.popularity_weight * weight,
+                      Reason(strategy="popular"))  # fmt: skip
+        leave_out = set(purchased) if exclude_purchased else set()
+        return await self._ranked_list(blend, k, filters, leave_out)
+
+    def _anchors(self, history: Sequence[HistoryEntry]) -> list["_Anchor"]:
+        """The shopper's products by weight: stronger and more recent events count more."""
+        if not history:
+            return []
+        latest = history[0].timestamp  # ages against the newest event, so replays work too
+        half_life = self.settings.recency_half_life_days * 86400
+        anchors: dict[str, _Anchor] = {}
+        for entry in history:
+            weight = self.tracking.weight(entry.type) * 0.5 ** (
+                (latest - entry.timestamp) / half_life
+            )
+            if weight <= 0:
+                continue
+            anchor = anchors.setdefault(
+                entry.product_id, _Anchor(entry.product_id, 0.0, entry.type)
+            )
+            anchor.weight += weight
+            if self.tracking.weight(entry.type) > self.tracking.weight(anchor.event):
+                anchor.event = entry.type
+        ranked = sorted(anchors.values(), key=lambda a: -a.weight)[: self.settings.anchors]
+        total = sum(a.weight for a in ranked)
+        for anchor in ranked:
+            anchor.weight /= total
+        return ranked
+
+    async def _add_neighbours(self, blend: "_Blend", anchors: Sequence["_Anchor"]) -> None:
+        """Co-occurrence and content neighbours of every anchor, weighted by the anchor."""
+        n = self.settings.neighbours_per_anchor
+        sources = (
+            ("purchase", "co_purchased", self.settings.co_purchase_weight),
+            ("view", "co_viewed", self.settings.co_view_weight),
+            ("cart", "co_carted", self.settings.co_cart_weight),
+        )
+        lookups = [
+            self.tracking.co_occurring(kind, anchor.product_id, n)
+            for anchor in anchors
+            for kind, _, _ in sources
+        ]
+        neighbour_lists = iter(await asyncio.gather(*lookups))
+        for anchor in anchors:
+            for _, strategy, weight in sources:
+                reason = Reason(strategy=strategy, anchor=anchor.product_id,  # type: ignore[arg-type]
+                                anchor_event=anchor.event)  # fmt: skip
+                for product_id, share in next(neighbour_lists):
+                    blend.add(product_id, weight * anchor.weight * share, reason)
+        if self.settings.content_weight <= 0 or not anchors:
+            return
+        similar = await asyncio.gather(
+            *(self.vectors.neighbours(anchor.product_id, n) for anchor in anchors)
+        )
+        for anchor, hits in zip(anchors, similar, strict=True):
+            reason = Reason(strategy="similar", anchor=anchor.product_id, anchor_event=anchor.event)
+            for hit in hits:
+                blend.add(hit.product.id, self.settings.content_weight * anchor.weight * hit.score,
+                          reason)  # fmt: skip
+
+    async def _favourite_category(self, anchors: Sequence["_Anchor"]) -> str:
+        """The category path the shopper's anchors weigh most in ("" when they have none)."""
+        weights: dict[str, float] = {}
+        products = await self.catalog.get_many([anchor.product_id for anchor in anchors])
+        for anchor, product in zip(anchors, products, strict=True):
+            if product is not None and product.category:
+                weights[product.category] = weights.get(product.category, 0.0) + anchor.weight
+        return max(weights, key=weights.__getitem__) if weights else ""
+
+    async def buy_again(self, shopper: Shopper, k: int, filters: Filters) -> RecommendationList:
+        blend = _Blend()
+        for product_id, weight in await self.tracking.purchased(shopper):
+            blend.add(product_id, weight, Reason(strategy="buy_again"))
+        return await self._ranked_list(blend, k, filters, set(), diversify=False)
+
+    async def bought_together(
+        self, product_id: str, k: int, filters: Filters
+    ) -> RecommendationList:
+        """Co-purchases; where there are too few, co-views; then similar products."""
+        await self.catalog.get(product_id)  # 404 for an unknown product
+        blend = _Blend()
+        n = max(k * 3, self.settings.neighbours_per_anchor)
+        for rank, (kind, strategy) in enumerate(
+            (("purchase", "co_purchased"), ("view", "co_viewed"))
+        ):
+            neighbours = await self.tracking.co_occurring(kind, product_id, n)
+            reason = Reason(strategy=strategy, anchor=product_id)  # type: ignore[arg-type]
+            for other, share in neighbours:
+                blend.add(other, share / 10**rank, reason)  # a fallback never outranks the source
+        if len(blend.scores) < k:
+            for hit in await self.vectors.neighbours(product_id, n):
+                reason = Reason(strategy="similar", anchor=product_id)
+                blend.add(hit.product.id, hit.score / 100, reason)
+        return await self._ranked_list(blend, k, filters, {product_id}, diversify=False)
+
+    async def popular(
+        self, k: int, filters: Filters, days: int | None = None
+    ) -> RecommendationList:
+        ranked = await self.tracking.popular(days or self.popular_days, filters.category, k * 3)
+        blend = _Blend()
+        for product_id, weight in ranked:
+            blend.add(product_id, weight, Reason(strategy="popular"))
+        return await self._ranked_list(blend, k, filters, set(), diversify=False)
+
+    async def trending(self, k: int, filters: Filters) -> RecommendationList:
+        ranked = await self.tracking.trending(filters.category, k * 3)
+        blend = _Blend()
+        for product_id, weight in ranked:
+            blend.add(product_id, weight, Reason(strategy="trending"))
+        return await self._ranked_list(blend, k, filters, set(), diversify=False)
+
+    async def _ranked_list(
+        self, blend: "_Blend", k: int, filters: Filters, leave_out: set[str], diversify: bool = True
+    ) -> RecommendationList:
+        """Best first, only live products that pass the filters, no category filling the list."""
+        ranked = [
+            product_id for product_id in sorted(blend.scores, key=lambda p: -blend.scores[p])
+            if product_id not in leave_out and product_id not in filters.exclude
+        ]  # fmt: skip
+        items: list[RecommendedProduct] = []
+        per_category: dict[str, int] = {}
+        cap = max(1, int(k * self.settings.max_category_share))
+        held_back: list[RecommendedProduct] = []
+        # Products come with their current state: a deleted or changed one never shows stale.
+        for start in range(0, len(ranked), k * 2):
+            chunk = ranked[start : start + k * 2]
+            for product in await self.catalog.get_many(chunk):
+                if product is None or not filters.admits(product):
+                    continue
+                item = recommended(product, blend.scores[product.id], blend.reasons[product.id])
+                top = product.category.split(" > ")[0]
+                if diversify and not filters.category and top and per_category.get(top, 0) >= cap:
+                    held_back.append(item)
+                    continue
+                per_category[top] = per_category.get(top, 0) + 1
+                items.append(item)
+                if len(items) == k:
+                    return RecommendationList(rec_id=new_rec_id(), items=items)
+        # Not enough variety in stock: fill with what diversity held back, best first.
+        items += held_back[: k - len(items)]
+        return RecommendationList(rec_id=new_rec_id(), items=items)
+
+
+@dataclass(slots=True)
+class _Anchor:
+    product_id: str
+    weight: float
+    event: str
+
+
+class _Blend:
+    """Candidate scores summed over sources; the reason is the source that gave the most."""
+
+    def __init__(self) -> None:
+        self.scores: dict[str, float] = {}
+        self.reasons: dict[str, Reason] = {}
+        self._best: dict[str, float] = {}
+
+    def add(self, product_id: str, score: float, reason: Reason) -> None:
+        if score <= 0:
+            return
+        self.scores[product_id] = self.scores.get(product_id, 0.0) + score
+        if score > self._best.get(product_id, 0.0):
+            self._best[product_id] = score
+            self.reasons[product_id] = reason

@@ -84,6 +84,24 @@ class Filters:
             parts.append(f"-@pid:{{{ids}}}")
         return " ".join(parts) or "*"
 
+    def admits(self, product: Product) -> bool:
+        """The same filter applied to a product in hand (as RediSearch does: tags ignore case)."""
+        if self.category:
+            wanted = self.category.casefold()
+            paths = (path.casefold() for path in category_prefixes(product.category))
+            if wanted not in paths:
+                return False
+        if self.min_price is not None or self.max_price is not None:
+            if product.price is None:
+                return False
+            if self.min_price is not None and product.price < self.min_price:
+                return False
+            if self.max_price is not None and product.price > self.max_price:
+                return False
+        if self.in_stock is not None and product.in_stock != self.in_stock:
+            return False
+        return product.id not in self.exclude
+
 
 @dataclass(frozen=True, slots=True)
 class Hit:

@@ -260,6 +260,13 @@ class VectorService:
             return 0, None
         return state.live, await self.index.vector(state.live, product_id)
 
+    async def neighbours(self, product_id: str, k: int) -> list[Hit]:
+        """The product's k nearest products by content, unfiltered ([] if not embedded yet)."""
+        version, vector = await self.stored_vector(product_id)
+        if vector is None or not np.any(vector):
+            return []
+        return await self.nearest(version, vector, k, Filters(in_stock=None, exclude=(product_id,)))
+
     async def nearest(
         self, version: int, vector: np.ndarray[Any, Any], k: int, filters: Filters
     ) -> list[Hit]:

@@ -1,0 +1,292 @@
+"""The only code that touches the tracking keys.
+
+Per shopper (`{kind}` is user or session):
+    {ns}history:{kind}:{id}        list, newest first: compact HistoryEntry (bounded)
+    {ns}bought:{kind}:{id}         sorted set: product -> decayed purchase score
+    {ns}cowindow:{w}:{kind}:{id}   list: the last products viewed / carted, for co-occurrence
+Shared:
+    {ns}event:seen:{event_id}      idempotency marker of a client's event id (expires)
+    {ns}stream:behaviour           every accepted event, for the tracking consumer
+    {ns}agg:done:{entry}           the consumer applied this stream entry (expires)
+    {ns}agg:clock                  the latest event time seen: windows end there, not at now
+    {ns}pop:{day}[:cat:{path}]     sorted set per UTC day: product -> weighted event count
+    {ns}pop:days                   sorted set of those day keys, for pruning
+    {ns}trend[:cat:{path}]         sorted set: product -> log of its time-decayed weight
+    {ns}co:{kind}:{product}        sorted set: product -> log decayed co-occurrence (top N)
+    {ns}order:{order}              set of the products bought in one order so far (expires)
+
+Decayed scores are kept as logarithms (forward decay): adding weight w at time t adds
+exp(ln w + (t - epoch) * ln 2 / half_life) to the sum, so newer events weigh more, the order
+of members never needs rewriting as time passes, and the sums never overflow.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from recommender.platform.redis import Keyspace
+
+_LOGADD = """
+local function logadd(key, member, value)
+  local old = redis.call('ZSCORE', key, member)
+  if old then
+    local a = tonumber(old)
+    local m = math.max(a, value)
+    value = m + math.log(math.exp(a - m) + math.exp(value - m))
+  end
+  redis.call('ZADD', key, value, member)
+end
+"""
+
+# KEYS: seen, history, bought, stream. ARGV: check_seen, seen_ttl, history_entry, history_len,
+# product, bought_log_weight, then the stream entry's field/value pairs.
+_INGEST = (
+    _LOGADD
+    + """
+if ARGV[1] == '1' and not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
+  return 0
+end
+if ARGV[3] ~= '' then
+  redis.call('LPUSH', KEYS[2], ARGV[3])
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[4]) - 1)
+end
+if ARGV[6] ~= '' then logadd(KEYS[3], ARGV[5], tonumber(ARGV[6])) end
+redis.call('XADD', KEYS[4], '*', unpack(ARGV, 7))
+return 1
+"""
+)
+
+# Apply one event's aggregate updates once. KEYS[1] done marker, KEYS[2] clock, KEYS[3] day
+# index, then the keys the operations name by position. ARGV[1] ttl of the marker, ARGV[2]
+# event time, then operations, each a word and its arguments:
+#   count  key day member weight        ZINCRBY in a day bucket (and remember the bucket)
+#   decay  key member logw cap          log-add, keep the top `cap`
+#   pair   group mode prefix member logw cap size ttl
+#          for each product q in the group (a set: mode 'set'; a recent list: mode 'list'):
+#          log-add q to prefix..member and member to prefix..q; then add member to the group
+_AGGREGATE = (
+    _LOGADD
+    + """
+local function cap(key, n)
+  if n > 0 and redis.call('ZCARD', key) > n then
+    redis.call('ZREMRANGEBYRANK', key, 0, -(n + 1))
+  end
+end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local t = tonumber(ARGV[2])
+local clock = tonumber(redis.call('GET', KEYS[2]) or '0')
+if t > clock then redis.call('SET', KEYS[2], ARGV[2]) end
+local i = 3
+while i <= #ARGV do
+  local op = ARGV[i]
+  if op == 'count' then
+    local key = KEYS[tonumber(ARGV[i + 1])]
+    redis.call('ZINCRBY', key, ARGV[i + 4], ARGV[i + 3])
+    redis.call('ZADD', KEYS[3], ARGV[i + 2], key)
+    i = i + 5
+  elseif op == 'decay' then
+    local key = KEYS[tonumber(ARGV[i + 1])]
+    logadd(key, ARGV[i + 2], tonumber(ARGV[i + 3]))
+    cap(key, tonumber(ARGV[i + 4]))
+    i = i + 5
+  else
+    local group, mode = KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]
+    local prefix, member, logw = ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
+    local n, size, ttl = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7]), ARGV[i + 8]
+    local others
+    if mode == 'set' then others = redis.call('SMEMBERS', group)
+    else others = redis.call('LRANGE', group, 0, -1) end
+    local seen = {}
+    for _, other in ipairs(others) do
+      if other ~= member and not seen[other] then
+        seen[other] = true
+        logadd(prefix .. member, other, logw)
+        cap(prefix .. member, n)
+        logadd(prefix .. other, member, logw)
+        cap(prefix .. other, n)
+      end
+    end
+    if mode == 'set' then
+      redis.call('SADD', group, member)
+    else
+      redis.call('LREM', group, 0, member)
+      redis.call('LPUSH', group, member)
+      redis.call('LTRIM', group, 0, size - 1)
+    end
+    redis.call('EXPIRE', group, ttl)
+    i = i + 9
+  end
+end
+return 1
+"""
+)
+
+
+@dataclass
+class Aggregation:
+    """The operations of one event for the aggregate script, built by the service."""
+
+    keys: list[str] = field(default_factory=list)
+    args: list[Any] = field(default_factory=list)
+
+    def key(self, name: str) -> int:
+        self.keys.append(name)
+        return len(self.keys) + 3  # after done, clock and day index
+
+    def count(self, key: str, day: float, member: str, weight: float) -> None:
+        self.args += ["count", self.key(key), day, member, weight]
+
+    def decay(self, key: str, member: str, log_weight: float, cap: int) -> None:
+        self.args += ["decay", self.key(key), member, log_weight, cap]
+
+    def pair(  # noqa: PLR0917 - mirrors the script's operation, argument for argument
+        self, group: str, mode: str, prefix: str, member: str, log_weight: float, cap: int,
+        size: int, ttl: int,
+    ) -> None:  # fmt: skip
+        self.args += ["pair", self.key(group), mode, prefix, member, log_weight, cap, size, ttl]
+
+
+class TrackingRepository:
+    def __init__(self, client: "aioredis.Redis", keys: Keyspace) -> None:
+        self.client = client
+        self.keys = keys
+        self.stream = keys.key("stream", "behaviour")
+        self._ingest = client.register_script(_INGEST)
+        self._aggregate = client.register_script(_AGGREGATE)
+
+    # -- key names ------------------------------------------------------------------------------
+
+    def history_key(self, kind: str, shopper: str) -> str:
+        return self.keys.key("history", kind, shopper)
+
+    def bought_key(self, kind: str, shopper: str) -> str:
+        return self.keys.key("bought", kind, shopper)
+
+    def window_key(self, window: str, kind: str, shopper: str) -> str:
+        return self.keys.key("cowindow", window, kind, shopper)
+
+    def popularity_key(self, day: int, category: str = "") -> str:
+        suffix = [str(day), "cat", category] if category else [str(day)]
+        return self.keys.key("pop", *suffix)
+
+    def trend_key(self, category: str = "") -> str:
+        return self.keys.key("trend", "cat", category) if category else self.keys.key("trend")
+
+    def co_prefix(self, kind: str) -> str:
+        return self.keys.key("co", kind, "")
+
+    def order_key(self, order_id: str) -> str:
+        return self.keys.key("order", order_id)
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    async def ingest(self, pipe: Any, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """Queue one event's synchronous write on a pipeline (returns 1, or 0 if a duplicate)."""
+        await self._ingest(keys=list(keys), args=list(args), client=pipe)
+
+    def pipeline(self) -> Any:
+        return self.client.pipeline(transaction=False)
+
+    async def aggregate(self, ttl: int, plans: Sequence[tuple[str, float, Aggregation]]) -> None:
+        """Apply each (stream entry id, event time, plan) once, in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for entry_id, timestamp, plan in plans:
+                keys = [
+                    self.keys.key("agg", "done", entry_id),
+                    self.keys.key("agg", "clock"),
+                    self.keys.key("pop", "days"),
+                    *plan.keys,
+                ]
+                await self._aggregate(keys=keys, args=[ttl, timestamp, *plan.args], client=pipe)
+            await pipe.execute()
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    async def history(self, kind: str, shopper: str, limit: int) -> list[bytes]:
+        entries: list[Any] = await self.client.lrange(self.history_key(kind, shopper), 0, limit - 1)
+        return entries
+
+    async def bought(self, kind: str, shopper: str, limit: int) -> list[tuple[str, float]]:
+        return await self._ranked(self.bought_key(kind, shopper), limit)
+
+    async def clock(self) -> float | None:
+        raw: Any = await self.client.get(self.keys.key("agg", "clock"))
+        return float(raw) if raw is not None else None
+
+    async def popular(
+        self, days: Sequence[int], category: str, limit: int
+    ) -> list[tuple[str, float]]:
+        keys = [self.popularity_key(day, category) for day in days]
+        cache = self.keys.key("pop", "cache", str(days[0]), str(days[-1]), category)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zunionstore(cache, keys)
+            pipe.expire(cache, 30)
+            pipe.zrevrange(cache, 0, limit - 1, withscores=True)
+            result: list[Any] = await pipe.execute()
+        return [(member.decode(), float(score)) for member, score in result[2]]
+
+    async def trending(self, category: str, limit: int) -> list[tuple[str, float]]:
+        return await self._ranked(self.trend_key(category), limit)
+
+    async def co_occurring(self, kind: str, product_id: str, limit: int) -> list[tuple[str, float]]:
+        return await self._ranked(self.co_prefix(kind) + product_id, limit)
+
+    async def _ranked(self, key: str, limit: int) -> list[tuple[str, float]]:
+        result: list[Any] = await self.client.zrevrange(key, 0, limit - 1, withscores=True)
+        return [(member.decode(), float(score)) for member, score in result]
+
+    async def prune_days(self, before: float) -> int:
+        """Drop popularity buckets of days that ended before `before` (no window reaches them)."""
+        days_key = self.keys.key("pop", "days")
+        old: list[Any] = await self.client.zrangebyscore(days_key, "-inf", f"({before}")
+        if old:
+            await self.client.delete(*old)
+            await self.client.zrem(days_key, *old)
+        return len(old)
+
+    # -- erasure and merging -------------------------------------------------------------------
+
+    async def erase_shopper(self, kind: str, shopper: str, windows: Sequence[str]) -> None:
+        await self.client.delete(
+            self.history_key(kind, shopper),
+            self.bought_key(kind, shopper),
+            *(self.window_key(window, kind, shopper) for window in windows),
+        )
+
+    async def stream_entries_of(self, field: str, value: str) -> list[str]:
+        """Ids of behaviour-stream entries (not yet trimmed) whose `field` is `value`."""
+        found: list[str] = []
+        start = "-"
+        while True:
+            batch: Any = await self.client.xrange(self.stream, start, "+", count=1000)
+            found += [
+                entry_id.decode() for entry_id, fields in batch
+                if fields.get(field.encode()) == value.encode()
+            ]  # fmt: skip
+            if len(batch) < 1000:
+                return found
+            start = "(" + batch[-1][0].decode()
+
+    async def delete_stream_entries(self, ids: Sequence[str]) -> None:
+        if ids:
+            await self.client.xdel(self.stream, *ids)
+
+    async def merge_shopper(
+        self, source: tuple[str, str], target: tuple[str, str], history: Sequence[bytes]
+    ) -> None:
+        """Give `target` the merged `history` and both shoppers' purchases; forget `source`.
+
+        Purchase scores are merged by maximum (a sorted-set union cannot add logarithms).
+        """
+        target_history = self.history_key(*target)
+        bought_from, bought_to = self.bought_key(*source), self.bought_key(*target)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(target_history)
+            if history:
+                pipe.rpush(target_history, *history)
+            pipe.delete(self.history_key(*source))
+            pipe.zunionstore(bought_to, [bought_from, bought_to], aggregate="MAX")
+            pipe.delete(bought_from)
+            await pipe.execute()

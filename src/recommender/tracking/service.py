@@ -1,0 +1,273 @@
+"""Behaviour events: the shopper's history at once, then popularity, trending and co-occurrence.
+
+`record` writes what the very next request needs (history, purchases) and the stream entry in
+one script per event; the tracking consumer calls `aggregate` with the stream's entries. Times
+are the events' own, so a replay of last year builds last year's aggregates.
+"""
+
+import math
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import structlog
+
+from recommender.catalog import CatalogService, category_prefixes
+from recommender.config import TrackingSettings
+from recommender.platform.errors import InvalidInputError
+from recommender.platform.streams import StreamEntry
+from recommender.tracking.repository import Aggregation, TrackingRepository
+from recommender.tracking.schemas import (
+    Event,
+    EventResult,
+    EventsAccepted,
+    HistoryEntry,
+    Shopper,
+)
+
+log = structlog.get_logger()
+
+MAX_BATCH = 1000
+DAY = 86400.0
+# Forward decay is measured from a fixed instant; any will do, a recent one keeps numbers small.
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
+_LN2 = math.log(2)
+_CO_WINDOWS = {"view": "view", "click": "view", "add_to_cart": "cart"}
+
+_history_encoder = msgspec.msgpack.Encoder()
+_history_decoder = msgspec.msgpack.Decoder(HistoryEntry)
+
+
+class Recorded(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What the behaviour stream carries of an accepted event."""
+
+    type: str
+    kind: str
+    shopper: str
+    timestamp: float
+    product_id: str = ""
+    order_id: str = ""
+    quantity: int = 1
+
+
+_recorded_encoder = msgspec.json.Encoder()
+_recorded_decoder = msgspec.json.Decoder(Recorded)
+
+
+def shopper_of(event: Event) -> Shopper:
+    if event.user_id is not None:
+        return Shopper("user", event.user_id)
+    return Shopper("session", event.session_id or "")
+
+
+def decayed_log_weight(weight: float, timestamp: float, half_life_seconds: float) -> float:
+    """ln(weight) plus the forward-decay growth since the epoch (see the repository)."""
+    return math.log(weight) + (timestamp - _EPOCH) * _LN2 / half_life_seconds
+
+
+class TrackingService:
+    def __init__(
+        self, repository: TrackingRepository, catalog: CatalogService, settings: TrackingSettings
+    ) -> None:
+        self.repository = repository
+        self.catalog = catalog
+        self.settings = settings
+
+    @property
+    def stream(self) -> str:
+        return self.repository.stream
+
+    def weight(self, event_type: str) -> float:
+        weight: float = getattr(self.settings.weights, event_type)
+        return weight
+
+    # -- the synchronous path ---------------------------------------------------------------
+
+    async def record(self, items: Sequence[Any], now: float | None = None) -> EventsAccepted:
+        """Validate each event on its own; store the valid ones; a result per item, in order."""
+        if len(items) > MAX_BATCH:
+            raise InvalidInputError(f"events: at most {MAX_BATCH} in one request")
+        now = time.time() if now is None else now
+        results: list[EventResult | None] = [None] * len(items)
+        valid: list[tuple[int, Event, float]] = []
+        for index, raw in enumerate(items):
+            try:
+                event = msgspec.convert(raw, Event)
+            except msgspec.ValidationError as error:
+                results[index] = EventResult(index=index, status="rejected", error=str(error))
+                continue
+            timestamp = event.timestamp.timestamp() if event.timestamp else now
+            if timestamp > now + self.settings.max_future_skew_seconds:
+                results[index] = EventResult(
+                    index=index, status="rejected",
+                    error="timestamp: more than "
+                    f"{self.settings.max_future_skew_seconds:g}s in the future",
+                )  # fmt: skip
+                continue
+            valid.append((index, event, timestamp))
+        async with self.repository.pipeline() as pipe:
+            for _, event, timestamp in valid:
+                keys, args = self._ingest_plan(event, timestamp)
+                await self.repository.ingest(pipe, keys, args)
+            outcomes: list[Any] = await pipe.execute()
+        for (index, event, _), outcome in zip(valid, outcomes, strict=True):
+            results[index] = EventResult(
+                index=index, status="accepted" if outcome else "duplicate", event_id=event.event_id
+            )
+        final = [result for result in results if result is not None]
+        return EventsAccepted(
+            accepted=sum(r.status == "accepted" for r in final),
+            duplicates=sum(r.status == "duplicate" for r in final),
+            rejected=sum(r.status == "rejected" for r in final),
+            items=final,
+        )
+
+    def _ingest_plan(self, event: Event, timestamp: float) -> tuple[list[str], list[Any]]:
+        shopper = shopper_of(event)
+        repo = self.repository
+        history = b""
+        if event.product_id is not None:
+            history = _history_encoder.encode(HistoryEntry(event.type, event.product_id, timestamp))
+        bought = ""
+        if event.type == "purchase":
+            bought = repr(
+                decayed_log_weight(1.0, timestamp, self.settings.bought_half_life_days * DAY)
+            )
+        recorded = Recorded(
+            type=event.type, kind=shopper.kind, shopper=shopper.id, timestamp=timestamp,
+            product_id=event.product_id or "", order_id=event.order_id or "",
+            quantity=event.quantity,
+        )  # fmt: skip
+        keys = [
+            repo.keys.key("event", "seen", event.event_id or "-"),
+            repo.history_key(shopper.kind, shopper.id),
+            repo.bought_key(shopper.kind, shopper.id),
+            repo.stream,
+        ]
+        args: list[Any] = [
+            "1" if event.event_id else "0",
+            self.settings.event_id_ttl_seconds,
+            history,
+            self.settings.history_length,
+            event.product_id or "",
+            bought,
+            "event", _recorded_encoder.encode(recorded),
+            "user", event.user_id or "",
+            "session", event.session_id or "",
+        ]  # fmt: skip
+        return keys, args
+
+    # -- the consumer's path ----------------------------------------------------------------
+
+    async def aggregate(self, entries: Sequence[StreamEntry]) -> None:
+        """Fold stream entries into popularity, trending and co-occurrence, each exactly once."""
+        events = [(entry.id, _recorded_decoder.decode(entry.fields["event"])) for entry in entries]
+        product_ids = list({e.product_id for _, e in events if e.product_id})
+        categories = {
+            product.id: category_prefixes(product.category)
+            for product in await self.catalog.get_many(product_ids)
+            if product is not None
+        }
+        plans = [
+            (entry_id, event.timestamp, plan)
+            for entry_id, event in events
+            if (plan := self._aggregation(event, categories.get(event.product_id, [])))
+        ]
+        await self.repository.aggregate(self.settings.event_id_ttl_seconds, plans)
+        clock = await self.repository.clock()
+        if clock is not None:
+            await self.repository.prune_days(
+                _day(clock) - (self.settings.popularity_max_days + 1) * DAY
+            )
+
+    def _aggregation(self, event: Recorded, paths: list[str]) -> Aggregation | None:
+        weight = self.weight(event.type)
+        if not event.product_id or weight <= 0:
+            return None
+        settings, repo, t = self.settings, self.repository, event.timestamp
+        plan = Aggregation()
+        day = _day(t)
+        trend = decayed_log_weight(weight, t, settings.trending_half_life_hours * 3600)
+        for path in ["", *paths]:
+            plan.count(repo.popularity_key(int(day), path), day, event.product_id, weight)
+            plan.decay(repo.trend_key(path), event.product_id, trend, settings.trending_top_n)
+        co = decayed_log_weight(1.0, t, settings.cooccurrence_half_life_days * DAY)
+        if event.type == "purchase" and event.order_id:
+            plan.pair(
+                repo.order_key(event.order_id), "set", repo.co_prefix("purchase"),
+                event.product_id, co, settings.cooccurrence_top_n, 0, int(DAY),
+            )  # fmt: skip
+        window = _CO_WINDOWS.get(event.type)
+        if window is not None:
+            plan.pair(
+                repo.window_key(window, event.kind, event.shopper), "list",
+                repo.co_prefix(window), event.product_id, co, settings.cooccurrence_top_n,
+                settings.cooccurrence_window, settings.cooccurrence_window_seconds,
+            )  # fmt: skip
+        return plan
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def history(self, shopper: Shopper, limit: int | None = None) -> list[HistoryEntry]:
+        raw = await self.repository.history(
+            shopper.kind, shopper.id, limit or self.settings.history_length
+        )
+        return [_history_decoder.decode(entry) for entry in raw]
+
+    # Every ranked read returns (product id, share of the top score), best first.
+
+    async def purchased(self, shopper: Shopper, limit: int = 1000) -> list[tuple[str, float]]:
+        """The shopper's purchases, most frequent and recent first."""
+        return _from_logs(await self.repository.bought(shopper.kind, shopper.id, limit))
+
+    async def popular(self, days: int, category: str, limit: int) -> list[tuple[str, float]]:
+        clock = await self.repository.clock()
+        if clock is None:
+            return []
+        last = _day(clock)
+        window = [int(last - offset * DAY) for offset in range(days)]
+        return _shares(await self.repository.popular(window, category, limit))
+
+    async def trending(self, category: str, limit: int) -> list[tuple[str, float]]:
+        return _from_logs(await self.repository.trending(category, limit))
+
+    async def co_occurring(self, kind: str, product_id: str, limit: int) -> list[tuple[str, float]]:
+        return _from_logs(await self.repository.co_occurring(kind, product_id, limit))
+
+    # -- shoppers -------------------------------------------------------------------------------
+
+    async def merge_session(self, session_id: str, user_id: str) -> int:
+        """Fold an anonymous session into a signed-in user; how many history entries moved."""
+        session, user = Shopper("session", session_id), Shopper("user", user_id)
+        moved = await self.history(session)
+        if not moved:
+            return 0
+        merged = sorted([*moved, *await self.history(user)], key=lambda e: -e.timestamp)
+        await self.repository.merge_shopper(
+            (session.kind, session.id), (user.kind, user.id),
+            [_history_encoder.encode(e) for e in merged[: self.settings.history_length]],
+        )  # fmt: skip
+        return len(moved)
+
+    async def erase_user(self, user_id: str) -> None:
+        """Forget a user: history, purchases, co-occurrence windows, unprocessed stream entries."""
+        await self.repository.erase_shopper("user", user_id, sorted(set(_CO_WINDOWS.values())))
+        entries = await self.repository.stream_entries_of("user", user_id)
+        await self.repository.delete_stream_entries(entries)
+
+
+def _shares(ranked: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    best = ranked[0][1] if ranked else 0.0
+    return [(member, score / best) for member, score in ranked] if best > 0 else []
+
+
+def _from_logs(ranked: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Decayed sums are stored as logarithms: the share of the top one is exp(difference)."""
+    best = ranked[0][1] if ranked else 0.0
+    return [(member, math.exp(score - best)) for member, score in ranked]
+
+
+def _day(timestamp: float) -> float:
+    return math.floor(timestamp / DAY) * DAY

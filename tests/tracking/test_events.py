@@ -1,0 +1,202 @@
+"""Events over HTTP: history at once, idempotency, merge, erasure; aggregates by the consumer."""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from litestar.testing import AsyncTestClient
+
+from conftest import Drain
+from recommender.services import Services
+from recommender.tracking import Shopper
+
+T0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
+
+
+def at(hours: float) -> str:
+    return (T0 + timedelta(hours=hours)).isoformat()
+
+
+async def post(client: AsyncTestClient, body: Any) -> dict[str, Any]:
+    response = await client.post("/api/v1/events", json=body)
+    assert response.status_code == 202, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+@pytest.mark.asyncio
+async def test_one_event_updates_history_before_the_answer(
+    client: AsyncTestClient, services: Services
+) -> None:
+    result = await post(client, {"type": "view", "user_id": "u1", "product_id": "p1"})
+    assert result == {
+        "accepted": 1, "duplicates": 0, "rejected": 0,
+        "items": [{"index": 0, "status": "accepted"}],
+    }  # fmt: skip
+    history = await services.tracking.history(Shopper("user", "u1"))
+    assert [(e.type, e.product_id) for e in history] == [("view", "p1")]
+
+
+@pytest.mark.asyncio
+async def test_batch_validates_each_event_on_its_own(
+    client: AsyncTestClient, services: Services, redis: "aioredis.Redis"
+) -> None:
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    result = await post(
+        client,
+        [
+            {"type": "view", "session_id": "s1", "product_id": "p1"},
+            {"type": "view", "product_id": "p1"},
+            {"type": "purchase", "user_id": "u1"},
+            {"type": "search", "user_id": "u1"},
+            {"type": "teleport", "user_id": "u1", "product_id": "p1"},
+            {"type": "view", "user_id": "u1", "product_id": "p1", "timestamp": future},
+            {"type": "view", "user_id": "u1", "product_id": "p1", "timestamp": "2024-01-01T10:00"},
+            {"type": "view", "user_id": "u 1", "product_id": "p1"},
+            {"type": "search", "user_id": "u1", "query": "red scarf"},
+        ],
+    )
+    assert [item["status"] for item in result["items"]] == [
+        "accepted", "rejected", "rejected", "rejected", "rejected", "rejected", "rejected",
+        "rejected", "accepted",
+    ]  # fmt: skip
+    errors = [item.get("error", "") for item in result["items"]]
+    assert "user_id" in errors[1]
+    assert "product_id" in errors[2]
+    assert "query" in errors[3]
+    assert "type" in errors[4]
+    assert "timestamp" in errors[5]
+    assert "future" in errors[5]
+    assert "timestamp" in errors[6]
+    assert "RFC3339" in errors[6]  # a time zone is required
+    assert "user_id" in errors[7]
+    assert await services.tracking.history(Shopper("user", "u1")) == []
+    assert await redis.xlen(services.tracking.stream) == 2
+
+
+@pytest.mark.asyncio
+async def test_batch_is_bounded(client: AsyncTestClient) -> None:
+    events = [{"type": "view", "user_id": "u", "product_id": "p"}] * 1001
+    response = await client.post("/api/v1/events", json=events)
+    assert response.status_code == 422
+    assert "at most 1000" in response.json()["detail"]
+
+
+@pytest.mark.asyncio
+async def test_retried_event_counts_once(
+    client: AsyncTestClient, services: Services, redis: "aioredis.Redis"
+) -> None:
+    event = {"type": "purchase", "user_id": "u1", "product_id": "p1", "event_id": "e-42"}
+    assert (await post(client, event))["accepted"] == 1
+    again = await post(client, [event, event])
+    assert (again["accepted"], again["duplicates"]) == (0, 2)
+    assert len(await services.tracking.history(Shopper("user", "u1"))) == 1
+    assert await redis.xlen(services.tracking.stream) == 1
+
+
+@pytest.mark.asyncio
+async def test_history_is_bounded_and_newest_first(
+    client: AsyncTestClient, services: Services
+) -> None:
+    limit = services.tracking.settings.history_length
+    events = [
+        {"type": "view", "user_id": "u1", "product_id": f"p{i}", "timestamp": at(i)}
+        for i in range(limit + 5)
+    ]
+    await post(client, events)
+    history = await services.tracking.history(Shopper("user", "u1"))
+    assert len(history) == limit
+    assert history[0].product_id == f"p{limit + 4}"
+
+
+@pytest.mark.asyncio
+async def test_session_merges_into_user(client: AsyncTestClient, services: Services) -> None:
+    await post(client, [
+        {"type": "view", "user_id": "u1", "product_id": "a", "timestamp": at(0)},
+        {"type": "view", "session_id": "s1", "product_id": "b", "timestamp": at(1)},
+        {"type": "purchase", "session_id": "s1", "product_id": "c", "timestamp": at(2)},
+    ])  # fmt: skip
+    response = await client.post("/api/v1/sessions/s1/merge", params={"user_id": "u1"})
+    assert (response.status_code, response.json()) == (200, {"moved": 2})
+    history = await services.tracking.history(Shopper("user", "u1"))
+    assert [e.product_id for e in history] == ["c", "b", "a"]
+    assert [p for p, _ in await services.tracking.purchased(Shopper("user", "u1"))] == ["c"]
+    assert await services.tracking.history(Shopper("session", "s1")) == []
+    bad = await client.post("/api/v1/sessions/s1/merge", params={"user_id": "no spaces"})
+    assert bad.status_code == 400
+
+
+@pytest.mark.asyncio
+async def test_erasing_a_user(
+    client: AsyncTestClient, services: Services, redis: "aioredis.Redis"
+) -> None:
+    await post(client, [
+        {"type": "purchase", "user_id": "u1", "product_id": "a", "order_id": "o1"},
+        {"type": "view", "user_id": "u2", "product_id": "a"},
+    ])  # fmt: skip
+    assert (await client.delete("/api/v1/users/u1")).status_code == 204
+    assert await services.tracking.history(Shopper("user", "u1")) == []
+    assert await services.tracking.purchased(Shopper("user", "u1")) == []
+    remaining = await redis.xrange(services.tracking.stream)
+    assert [fields[b"user"] for _, fields in remaining] == [b"u2"]
+    assert len(await services.tracking.history(Shopper("user", "u2"))) == 1
+
+
+@pytest.mark.asyncio
+async def test_aggregates_count_each_event_once_and_use_event_time(
+    client: AsyncTestClient, services: Services, drain: Drain, redis: "aioredis.Redis"
+) -> None:
+    await client.post("/api/v1/products/batch", json={"items": [
+        {"id": "a", "name": "A", "category": "Home > Kitchen"},
+        {"id": "b", "name": "B", "category": "Home > Garden"},
+        {"id": "c", "name": "C", "category": "Toys"},
+    ]})  # fmt: skip
+    await post(client, [
+        {"type": "purchase", "user_id": "u1", "product_id": "a", "order_id": "o1",
+         "timestamp": at(0)},
+        {"type": "purchase", "user_id": "u1", "product_id": "b", "order_id": "o1",
+         "timestamp": at(0)},
+        {"type": "view", "user_id": "u2", "product_id": "b", "timestamp": at(1)},
+        {"type": "view", "user_id": "u2", "product_id": "c", "timestamp": at(2)},
+        {"type": "view", "user_id": "u3", "product_id": "c", "timestamp": at(3)},
+    ])  # fmt: skip
+    await drain()
+    tracking = services.tracking
+    popular = await tracking.popular(7, "", 10)
+    assert [p for p, _ in popular] == ["b", "a", "c"]  # purchases weigh 8, views 1
+    assert [p for p, _ in await tracking.popular(7, "Home", 10)] == ["b", "a"]
+    assert [p for p, _ in await tracking.popular(7, "Home > Garden", 10)] == ["b"]
+    assert [p for p, _ in await tracking.co_occurring("purchase", "a", 10)] == ["b"]
+    assert [p for p, _ in await tracking.co_occurring("view", "c", 10)] == ["b"]
+    assert next(p for p, _ in await tracking.trending("", 10)) in {"a", "b"}
+
+    # Redelivery of every entry: nothing changes.
+    before = await tracking.popular(7, "", 10)
+    for runner in services.runners:
+        entries = await redis.xrange(runner.stream)
+        await runner.handler([])  # a no-op batch is harmless
+        from recommender.platform.streams import StreamEntry  # noqa: PLC0415
+
+        await runner.handler(
+            [StreamEntry(i.decode(), {k.decode(): v.decode() for k, v in f.items()})
+             for i, f in entries]
+        )  # fmt: skip
+    assert await tracking.popular(7, "", 10) == before
+    assert len(await tracking.co_occurring("purchase", "a", 10)) == 1
+
+
+@pytest.mark.asyncio
+async def test_trending_prefers_what_rises_now(
+    client: AsyncTestClient, services: Services, drain: Drain
+) -> None:
+    old = [{"type": "purchase", "user_id": f"u{i}", "product_id": "old", "timestamp": at(0)}
+           for i in range(10)]  # fmt: skip
+    new = [{"type": "view", "user_id": f"v{i}", "product_id": "new", "timestamp": at(24 * 30)}
+           for i in range(10)]  # fmt: skip
+    await post(client, old + new)
+    await drain()
+    assert [p for p, _ in await services.tracking.trending("", 10)] == ["new", "old"]
+    # Over the last 7 days (of event time) only the new one counts; over 60 both do.
+    assert [p for p, _ in await services.tracking.popular(7, "", 10)] == ["new"]
+    assert [p for p, _ in await services.tracking.popular(60, "", 10)] == ["old", "new"]
