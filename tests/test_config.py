@@ -1,6 +1,10 @@
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 import pytest
 
@@ -9,8 +13,17 @@ from recommender.config import ConfigError, Settings, load_settings
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_config_toml_lists_exactly_the_defaults() -> None:
+def test_config_toml_lists_every_setting_with_its_default() -> None:
     assert load_settings(REPO / "config.toml", environ={}) == Settings()
+    listed = tomllib.loads((REPO / "config.toml").read_text())
+    assert _paths(listed) == _paths(msgspec.to_builtins(Settings()))
+
+
+def _paths(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    paths = set()
+    for key, value in tree.items():
+        paths |= _paths(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
+    return paths
 
 
 def test_environment_overrides_nested_keys_with_typed_values(tmp_path: Path) -> None:
