@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-
 import pytest
 
 from recommender.config import ConfigError, Settings, load_settings
