@@ -175,7 +175,7 @@ class TrackingService:
             for entry_id, event in events
             if (plan := self._aggregation(event, categories.get(event.product_id, [])))
         ]
-        await self.repository.aggregate(self.settings.event_id_ttl_seconds, plans)
+        await self.repository.aggregate(self.settings.applied_entry_ttl_seconds, plans)
         clock = await self.repository.clock()
         if clock is not None:
             await self.repository.prune_days(
