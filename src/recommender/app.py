@@ -22,6 +22,7 @@ from recommender.platform.errors import EXCEPTION_HANDLERS
 from recommender.platform.health import HealthController
 from recommender.platform.logging import RequestContextMiddleware, configure_logging
 from recommender.platform.redis import Keyspace, create_client, require_search_module
+from recommender.platform.security import PUBLIC, RateLimitMiddleware, require_api_key
 from recommender.platform.streams import StreamRunner
 from recommender.recommending import RecommendController
 from recommender.services import build_services
@@ -34,6 +35,7 @@ log = structlog.get_logger()
 class MetricsController(PrometheusController):
     path = "/metrics"
     include_in_schema = False
+    opt = {"access": PUBLIC}  # noqa: RUF012 - scrapers carry no key
 
 
 def _from_state(name: str) -> Provide:
@@ -117,8 +119,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         lifespan=[lifespan],
         logging_config=None,  # configure_logging owns the logging setup
+        guards=[require_api_key],
+        request_max_body_size=settings.security.max_body_bytes,
         middleware=[
             RequestContextMiddleware(access_log_enabled=settings.logging.access_log),
+            RateLimitMiddleware(settings.security),
             PrometheusConfig(
                 app_name="recommender", prefix="recommender", group_path=True
             ).middleware,

@@ -171,11 +171,30 @@ class TrackingSettings(Setting, frozen=True):
     weights: EventWeights = msgspec.field(default_factory=EventWeights)
 
 
+ApiKeyHash = Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+
+class SecuritySettings(Setting, frozen=True):
+    # Digests of accepted API keys (`recommender hash-key` prints one); empty: no key needed.
+    api_key_hashes: list[ApiKeyHash] = msgspec.field(default_factory=list)
+    # Writes, imports and admin always need a key (when keys are set); reads only if this is on.
+    require_key_for_reads: bool = False
+    # Requests per window per API key (or client address when none is sent); 0: no limit.
+    rate_limit_requests: Annotated[int, Meta(ge=0)] = 0
+    rate_limit_window_seconds: Annotated[int, Meta(ge=1, le=86400)] = 60
+    # Larger request bodies are refused with 413.
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 10 * 1024 * 1024
+
+
 class LoggingSettings(Setting, frozen=True):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # auto: readable on a terminal, JSON otherwise.
     format: Literal["auto", "json", "console"] = "auto"
     access_log: bool = True
+    # Log fields whose values are replaced by "[redacted]".
+    redact_fields: list[str] = msgspec.field(
+        default_factory=lambda: ["api_key", "authorization", "x-api-key", "password", "token"]
+    )
 
 
 class Settings(Setting, frozen=True):
@@ -186,6 +205,7 @@ class Settings(Setting, frozen=True):
     recommend: RecommendSettings = msgspec.field(default_factory=RecommendSettings)
     search: SearchSettings = msgspec.field(default_factory=SearchSettings)
     tracking: TrackingSettings = msgspec.field(default_factory=TrackingSettings)
+    security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     def __post_init__(self) -> None:

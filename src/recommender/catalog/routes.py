@@ -19,6 +19,7 @@ from recommender.catalog.schemas import (
     ProductUpdate,
 )
 from recommender.catalog.service import CatalogService
+from recommender.platform.security import WRITES
 
 MAX_BATCH = 1000
 
@@ -35,13 +36,18 @@ class ProductController(Controller):
     path = "/api/v1/products"
     tags = ["catalog"]  # noqa: RUF012 - read by Litestar as a class attribute
 
-    @post("/", summary="Create a product (409 if the id exists)")
+    @post("/", summary="Create a product (409 if the id exists)", opt=WRITES)
     async def create_product(
         self, data: JSONBody[ProductCreate], catalog: NamedDependency[CatalogService]
     ) -> Product:
         return await catalog.create(data)
 
-    @put("/{product_id:str}", summary="Create or replace a product", status_code=HTTP_200_OK)
+    @put(
+        "/{product_id:str}",
+        summary="Create or replace a product",
+        status_code=HTTP_200_OK,
+        opt=WRITES,
+    )
     async def replace_product(
         self,
         product_id: PathId,
@@ -51,7 +57,7 @@ class ProductController(Controller):
         product, created = await catalog.replace(product_id, data)
         return Response(product, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
 
-    @patch("/{product_id:str}", summary="Change some fields of a product")
+    @patch("/{product_id:str}", summary="Change some fields of a product", opt=WRITES)
     async def update_product(
         self,
         product_id: PathId,
@@ -76,13 +82,18 @@ class ProductController(Controller):
     ) -> ProductPage:
         return await catalog.list(category, cursor, limit)
 
-    @delete("/{product_id:str}", summary="Delete a product (404 if absent)")
+    @delete("/{product_id:str}", summary="Delete a product (404 if absent)", opt=WRITES)
     async def delete_product(
         self, product_id: PathId, catalog: NamedDependency[CatalogService]
     ) -> None:
         await catalog.delete(product_id)
 
-    @post("/batch", summary="Upsert up to 1,000 products; a result per item", status_code=200)
+    @post(
+        "/batch",
+        summary="Upsert up to 1,000 products; a result per item",
+        status_code=200,
+        opt=WRITES,
+    )
     async def upsert_products(
         self, data: JSONBody[ProductBatch], catalog: NamedDependency[CatalogService]
     ) -> BatchResult:

@@ -32,9 +32,10 @@ class AppError(Exception):
     status_code: ClassVar[int] = HTTP_400_BAD_REQUEST
     code: ClassVar[str] = "bad_request"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers
 
 
 class NotFoundError(AppError):
@@ -62,7 +63,9 @@ def _body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
 
 
 def app_error_handler(_: Request[Any, Any, Any], error: AppError) -> Response[dict[str, Any]]:
-    return Response(_body(error.code, error.detail), status_code=error.status_code)
+    return Response(
+        _body(error.code, error.detail), status_code=error.status_code, headers=error.headers
+    )
 
 
 def validation_error_handler(

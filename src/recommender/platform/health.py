@@ -11,6 +11,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from redis.exceptions import RedisError
 
 from recommender.platform.redis import search_module_loaded
+from recommender.platform.security import PUBLIC
 from recommender.platform.streams import StreamRunner
 
 
@@ -27,7 +28,7 @@ class Readiness(msgspec.Struct):
 class HealthController(Controller):
     path = "/health"
     tags = ["ops"]  # noqa: RUF012 - Litestar reads it as a class attribute
-    include_in_schema = True
+    opt = {"access": PUBLIC}  # noqa: RUF012 - probes carry no key
 
     @get("/live", summary="The process is up")
     async def live(self) -> Liveness:

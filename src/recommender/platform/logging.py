@@ -28,6 +28,7 @@ def configure_logging(settings: LoggingSettings) -> None:
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _redactor(settings.redact_fields),
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -58,6 +59,19 @@ def configure_logging(settings: LoggingSettings) -> None:
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _redactor(fields: list[str]) -> Any:
+    """A processor that replaces the values of secret-bearing fields, whatever logged them."""
+    secret = {name.lower() for name in fields}
+
+    def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        for name in event:
+            if name.lower() in secret:
+                event[name] = "[redacted]"
+        return event
+
+    return redact
 
 
 class RequestContextMiddleware(ASGIMiddleware):

@@ -9,6 +9,7 @@ from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from recommender.catalog.schemas import ID_PATTERN
+from recommender.platform.security import WRITES
 from recommender.tracking.schemas import Event, EventsAccepted
 from recommender.tracking.service import TrackingService
 
@@ -23,7 +24,12 @@ class EventController(Controller):
     path = "/api/v1"
     tags = ["tracking"]  # noqa: RUF012 - read by Litestar as a class attribute
 
-    @post("/events", status_code=HTTP_202_ACCEPTED, summary="Record one event or up to 1,000")
+    @post(
+        "/events",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Record one event or up to 1,000",
+        opt=WRITES,
+    )
     async def record_events(
         self,
         data: JSONBody[Event | list[Any]],
@@ -38,6 +44,7 @@ class EventController(Controller):
         "/sessions/{session_id:str}/merge",
         status_code=HTTP_200_OK,
         summary="Fold an anonymous session into a user",
+        opt=WRITES,
     )
     async def merge_session(
         self,
@@ -47,6 +54,10 @@ class EventController(Controller):
     ) -> Merged:
         return Merged(moved=await tracking.merge_session(session_id, user_id))
 
-    @delete("/users/{user_id:str}", summary="Erase a user's history and what derives only from it")
+    @delete(
+        "/users/{user_id:str}",
+        summary="Erase a user's history and what derives only from it",
+        opt=WRITES,
+    )
     async def erase_user(self, user_id: PathId, tracking: NamedDependency[TrackingService]) -> None:
         await tracking.erase_user(user_id)

@@ -7,6 +7,7 @@ from litestar.di import NamedDependency
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
+from recommender.platform.security import WRITES
 from recommender.vectors.model import ModelInfo
 from recommender.vectors.service import LiveModel, RefitBusyError, VectorService
 
@@ -14,6 +15,7 @@ from recommender.vectors.service import LiveModel, RefitBusyError, VectorService
 class ModelController(Controller):
     path = "/api/v1/admin/model"
     tags = ["admin"]  # noqa: RUF012 - read by Litestar as a class attribute
+    opt = WRITES
 
     @get("/", summary="The live embedding model")
     async def describe_model(self, vectors: NamedDependency[VectorService]) -> LiveModel:
