@@ -83,6 +83,7 @@ def drain(services: Services) -> Drain:
             await runner.ensure_group()
             while handled := await runner.step():
                 total += handled
+            await services.vectors.settle()  # the first products start a refit beside it
         return total
 
     return run

@@ -1,16 +1,18 @@
-"""`recommender serve | ...` (also `python -m recommender`)."""
+"""`recommender serve | import products | evaluate search` (also `python -m recommender`)."""
 
 import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 import structlog
 import uvicorn
+from redis.exceptions import RedisError
 
+from recommender import evaluation, importing
 from recommender.app import create_app
 from recommender.config import ConfigError, RedisSettings, Settings, load_settings
 from recommender.platform.embedded import EmbeddedRedis
@@ -44,7 +46,132 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="embedded Redis data directory "
                        "(redis.embedded.data_dir)")  # fmt: skip
     serve.set_defaults(command=serve_command)
+    _add_import(commands)
+    _add_evaluate(commands)
     return parser
+
+
+IMPORT_EXIT_CODES = """exit status: 0 imported (rejected products are only listed), 1 the import
+stopped (malformed file, Redis or service error) or --strict and a product was rejected, 2 bad
+options or settings, unreadable FILE or unknown format, 130 interrupted."""
+EVALUATE_EXIT_CODES = """exit status: 0 done, 1 the evaluation failed (unreadable or malformed
+input, Redis error), 2 bad options or settings, 130 interrupted."""
+
+
+def _add_import(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    kinds = commands.add_parser("import", help="bulk-load data from files").add_subparsers(
+        required=True, metavar="KIND"
+    )
+    products = kinds.add_parser(
+        "products",
+        help="upsert products from JSONL or CSV, in batches",
+        description="Upsert products from a file in the API's product schema: JSONL (one "
+        "product object a line) or CSV with the same column names (tags as a|b or a JSON "
+        "list, attributes as JSON, empty cells absent). Existing ids are replaced.",
+        epilog=IMPORT_EXIT_CODES,
+    )
+    products.add_argument("file", metavar="FILE", help="the file; - reads standard input")
+    products.add_argument(
+        "--format",
+        choices=importing.FORMATS,
+        help="default: from the extension (.jsonl or .ndjson, .csv); jsonl for stdin",
+    )
+    products.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=importing.DEFAULT_BATCH_SIZE,
+        help=f"products per write (1-{importing.MAX_BATCH_SIZE}, default %(default)s)",
+    )
+    target = products.add_mutually_exclusive_group()
+    target.add_argument(
+        "--api",
+        metavar="URL",
+        help="POST to a running service (e.g. http://127.0.0.1:8000) instead of writing to "
+        "its Redis",
+    )
+    target.add_argument(
+        "--data-dir",
+        help="embedded Redis data directory, the same as the service's (redis.embedded.data_dir)",
+    )
+    products.add_argument(
+        "--strict", action="store_true", help="exit 1 if any product was rejected"
+    )
+    _add_output_options(products)
+    products.set_defaults(command=import_products_command)
+
+
+def _add_evaluate(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    kinds = commands.add_parser("evaluate", help="measure quality offline").add_subparsers(
+        required=True, metavar="KIND"
+    )
+    search = kinds.add_parser(
+        "search",
+        help="NDCG@10 and Hit@10 of hybrid, BM25 and vector search against judgments",
+        description="Import the products into a fresh namespace of the configured Redis, "
+        "index them, refit the model, run every judged query in each search mode, and score "
+        "the judged results. The namespace is removed afterwards.",
+        epilog=EVALUATE_EXIT_CODES,
+    )
+    search.add_argument(
+        "--products", required=True, metavar="P", help="products JSONL in the API's schema"
+    )
+    search.add_argument(
+        "--judgments",
+        required=True,
+        metavar="J",
+        help="CSV with the header query,product_id,relevance",
+    )
+    search.add_argument(
+        "--relevant-at",
+        type=float,
+        default=3.5,
+        help="lowest grade that counts as a hit (default %(default)s)",
+    )
+    search.add_argument(
+        "--k",
+        type=_search_depth,
+        default=evaluation.SEARCH_DEPTH,
+        help="results asked for per query (1-100, default %(default)s); the metrics use the "
+        "first 10 judged ones among them, so a deep list keeps them from running short",
+    )
+    search.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=importing.DEFAULT_BATCH_SIZE,
+        help="products per import batch (default %(default)s)",
+    )
+    search.add_argument(
+        "--data-dir", help="embedded Redis data directory (redis.embedded.data_dir)"
+    )
+    _add_output_options(search)
+    search.set_defaults(command=evaluate_search_command)
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of the readable text"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show info logs on stderr as well"
+    )
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: '{text}'") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}-{high}, not {value}")
+        return value
+
+    return parse
+
+
+# The batch endpoint's limit, for both modes, so a batch size works the same either way.
+_batch_size = _bounded_int(1, importing.MAX_BATCH_SIZE)
+_search_depth = _bounded_int(1, 100)
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -98,6 +225,64 @@ def serve_command(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.close()
     return 0
+
+
+def import_products_command(args: argparse.Namespace) -> int:
+    settings = _settings(args, **{"redis.embedded.data_dir": args.data_dir})
+    _configure_command_logging(settings, args.verbose)
+    progress = importing.Progress()
+    try:
+        file_format = importing.detect_format(args.file, args.format)
+        with importing.open_source(args.file) as stream:
+            items = importing.read_products(stream, file_format)
+            if args.api:
+                run = importing.import_via_api(items, args.api, args.batch_size, progress)
+            else:
+                run = importing.import_into_redis(items, settings, args.batch_size, progress)
+            summary = asyncio.run(run)
+    except importing.ImportInputError as error:
+        return _fail(str(error), status=2)
+    except RedisError as error:
+        return _fail(f"Redis failed during the import: {error}")
+    except KeyboardInterrupt:
+        return _fail("interrupted", status=130)
+    print(msgspec.json.encode(summary).decode() if args.json else summary.render())
+    if summary.error is not None:
+        return _fail(f"{args.file}: {summary.error}")
+    return 1 if args.strict and summary.rejected else 0
+
+
+def evaluate_search_command(args: argparse.Namespace) -> int:
+    settings = _settings(args, **{"redis.embedded.data_dir": args.data_dir})
+    _configure_command_logging(settings, args.verbose)
+    run = evaluation.evaluate_search(
+        settings, args.products, args.judgments, k=args.k, relevant_at=args.relevant_at,
+        batch_size=args.batch_size, progress=importing.Progress(),
+    )  # fmt: skip
+    try:
+        result = asyncio.run(run)
+    except (evaluation.EvaluationError, importing.ImportInputError) as error:
+        return _fail(str(error))
+    except RedisError as error:
+        return _fail(f"Redis failed during the evaluation: {error}")
+    except KeyboardInterrupt:
+        return _fail("interrupted", status=130)
+    report = result.report
+    print(msgspec.json.encode(report).decode() if args.json else result.render(args.relevant_at))
+    return 0
+
+
+def _configure_command_logging(settings: Settings, verbose: bool) -> None:
+    """Info logs would break up the progress line: warnings and errors only, unless -v."""
+    level = settings.logging.level
+    if not verbose and level in ("DEBUG", "INFO"):
+        level = "WARNING"
+    configure_logging(msgspec.structs.replace(settings.logging, level=level))
+
+
+def _fail(message: str, status: int = 1) -> int:
+    print(f"recommender: error: {message}", file=sys.stderr)
+    return status
 
 
 def _raise_keyboard_interrupt(_signal: int, _frame: object) -> None:

@@ -60,6 +60,9 @@ class CatalogService:
             raise NotFoundError(f"product '{product_id}' does not exist")
         return product
 
+    async def count(self) -> int:
+        return await self.repository.count()
+
     async def get_many(self, ids: Sequence[str]) -> list[Product | None]:
         return await self.repository.get_many(ids)
 

@@ -8,7 +8,6 @@ a server left behind by a SIGKILL is recognised as orphaned, shut down cleanly (
 flushed) and replaced, never mistaken for a live owner's.
 """
 
-import contextlib
 import ctypes
 import fcntl
 import hashlib
@@ -209,9 +208,14 @@ class EmbeddedRedis:
                         f"embedded redis-server exited with code {process.returncode}: "
                         f"{self._log_tail()}"
                     )
-                with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
+                try:
                     if client.ping():
                         return
+                except redis.BusyLoadingError:
+                    # Replaying a large AOF can take longer than starting: it is progress.
+                    deadline = time.monotonic() + self.settings.startup_timeout_seconds
+                except redis.ConnectionError:
+                    pass
                 time.sleep(0.05)
         finally:
             client.close()

@@ -17,7 +17,8 @@ from litestar.status_codes import (
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recommender.platform import metrics
 
@@ -92,8 +93,10 @@ def http_error_handler(_: Request[Any, Any, Any], error: HTTPException) -> Respo
 
 
 def redis_error_handler(
-    request: Request[Any, Any, Any], error: RedisError
+    request: Request[Any, Any, Any], error: RedisConnectionError | RedisTimeoutError
 ) -> Response[dict[str, Any]]:
+    """Redis unreachable or too slow: 503, so clients retry. (A command Redis refuses is a bug
+    of ours and goes to the 500 handler.)"""
     metrics.REDIS_ERRORS.labels(source="http").inc()
     log.warning("redis_unavailable", path=request.url.path, error=str(error))
     return Response(
@@ -117,6 +120,7 @@ EXCEPTION_HANDLERS = {
     AppError: app_error_handler,
     ValidationException: validation_error_handler,
     HTTPException: http_error_handler,
-    RedisError: redis_error_handler,
+    RedisConnectionError: redis_error_handler,
+    RedisTimeoutError: redis_error_handler,
     Exception: internal_error_handler,
 }

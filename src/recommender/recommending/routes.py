@@ -1,6 +1,7 @@
 """Read surfaces: similar products, search, autocomplete."""
 
 import dataclasses
+import re
 from typing import Annotated
 
 from litestar import Controller, get
@@ -43,6 +44,9 @@ def provide_filters(
         raise InvalidInputError(str(error)) from error
     if min_price is not None and max_price is not None and min_price > max_price:
         raise InvalidInputError("min_price: must not exceed max_price")
+    # Checked here too: Litestar does not apply a pattern to the items of a list parameter.
+    if any(not re.fullmatch(ID_PATTERN, product_id) for product_id in exclude or ()):
+        raise InvalidInputError(f"exclude: every id must match {ID_PATTERN}")
     return Filters(
         category=path, min_price=min_price, max_price=max_price, in_stock=in_stock,
         exclude=tuple(exclude or ()),

@@ -270,7 +270,7 @@ class VectorIndex:
         text = f"@name|description|category_text|brand_text:({words})"
         query = (
             Query(text if where == "*" else f"{text} {where}")
-            .scorer("BM25")
+            .scorer("BM25STD")
             .with_scores()
             .return_fields("doc")
             .paging(0, k)

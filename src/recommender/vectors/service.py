@@ -115,8 +115,9 @@ class VectorService:
         ids = list(dict.fromkeys(ids))
         state = await self.store.state()
         if state.live is None:
-            # The first products: fit on what the catalog holds now, which includes these.
-            await self.refit(reason="first products")
+            # The first products: a refit fits on the whole catalog, these included, and
+            # back-fills them; it runs beside the consumer, which must not hold entries for it.
+            self.start_refit(reason="first products")
             return
         products = await self.catalog.get_many(ids)
         present = [p for p in products if p is not None]
@@ -150,7 +151,10 @@ class VectorService:
             await asyncio.sleep(check_seconds)
             try:
                 state = await self.store.state()
-                if state.live is not None and self._refit_due(state, 0):
+                if state.live is None and state.building is None:
+                    if await self.catalog.count():  # the first refit failed or never ran
+                        self.start_refit(reason="no model yet")
+                elif self._refit_due(state, 0):
                     self.start_refit(reason="catalog changed")
             except RedisError as error:
                 log.warning("refit_check_failed", error=str(error))
@@ -167,6 +171,12 @@ class VectorService:
             log.info("refit_skipped", reason="another process is refitting")
         except Exception:
             log.exception("refit_failed", reason=reason)
+
+    async def settle(self) -> None:
+        """Wait for this process's background refit, if one is running."""
+        if self._refit_task is not None:
+            with contextlib.suppress(Exception):
+                await self._refit_task
 
     async def stop(self) -> None:
         if self._refit_task is not None and not self._refit_task.done():
@@ -246,7 +256,9 @@ class VectorService:
         stale = [p for p, seen in zip(products, indexed, strict=True) if seen != p.version]
         if stale:
             log.info("refit_catch_up", version=version, products=len(stale))
-            await self._write(version, stale)
+            size = self.settings.backfill_batch_size
+            for start in range(0, len(stale), size):
+                await self._write(version, stale[start : start + size])
         removed = await self.index.remove_others(version, {p.id for p in products})
         if removed:
             log.info("refit_catch_up_removed", version=version, products=removed)
