@@ -120,9 +120,8 @@ class RecommendSettings(Setting, frozen=True):
 
 
 class SearchSettings(Setting, frozen=True):
-    # Reciprocal-rank fusion: score = sum(weight / (rrf_k + rank)) over the text and vector lists.
-    rrf_k: Annotated[int, Meta(ge=1, le=1000)] = 60
-    lexical_weight: Annotated[float, Meta(ge=0)] = 1.0
+    # Linear fusion: lexical_weight x BM25 / best BM25 + vector_weight x cosine.
+    lexical_weight: Annotated[float, Meta(ge=0)] = 0.15
     vector_weight: Annotated[float, Meta(ge=0)] = 1.0
     # Each side contributes this many candidates (times k) to the fusion.
     candidates_per_result: Annotated[int, Meta(ge=1, le=20)] = 3

@@ -124,25 +124,26 @@ class RecommendService:
         )
 
     def _fuse(self, lexical: Sequence[Hit], semantic: Sequence[Hit]) -> list[_Fused]:
-        """Weighted reciprocal-rank fusion of the text and vector rankings."""
-        rrf_k = self.search_settings.rrf_k
+        """Linear fusion: weight x BM25 (as a share of the best) + weight x cosine.
+
+        Measured on the CrowdFlower judgments it beat reciprocal-rank fusion at every setting
+        tried; a product found by one side only gets nothing from the other.
+        """
+        best = max((hit.score for hit in lexical), default=0.0) or 1.0
         scores: dict[str, float] = {}
         products: dict[str, Product] = {}
-        sides: dict[str, set[str]] = {}
-        for side, hits, weight in (
-            ("text", lexical, self.search_settings.lexical_weight),
-            ("vector", semantic, self.search_settings.vector_weight),
+        sides: dict[str, list[str]] = {}
+        for side, hits, weight, scale in (
+            ("text", lexical, self.search_settings.lexical_weight, best),
+            ("vector", semantic, self.search_settings.vector_weight, 1.0),
         ):
-            for rank, hit in enumerate(hits, start=1):
+            for hit in hits:
                 product_id = hit.product.id
-                scores[product_id] = scores.get(product_id, 0.0) + weight / (rrf_k + rank)
+                scores[product_id] = scores.get(product_id, 0.0) + weight * hit.score / scale
                 products[product_id] = hit.product
-                sides.setdefault(product_id, set()).add(side)
+                sides.setdefault(product_id, []).append(side)
         ranked = sorted(scores, key=lambda product_id: -scores[product_id])
-        return [
-            _Fused(products[i], scores[i], "text+vector" if len(sides[i]) == 2 else sides[i].pop())  # type: ignore[arg-type]
-            for i in ranked
-        ]
+        return [_Fused(products[i], scores[i], "+".join(sides[i])) for i in ranked]  # type: ignore[arg-type]
 
     async def autocomplete(self, query: str, k: int) -> Completions:
         terms = text_terms(query[: self.search_settings.max_query_length])
