@@ -17,6 +17,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from recommender import __version__
 from recommender.catalog import ProductController
 from recommender.config import Settings, load_settings
+from recommender.platform.dead_letters import DeadLetterController
 from recommender.platform.embedded import EmbeddedRedis
 from recommender.platform.errors import EXCEPTION_HANDLERS
 from recommender.platform.health import HealthController
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             EventController,
             RecommendController,
             ModelController,
+            DeadLetterController,
         ],
         dependencies={
             name: _from_state(name)

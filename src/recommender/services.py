@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from recommender.catalog import CatalogRepository, CatalogService
 from recommender.config import Settings
+from recommender.platform.dead_letters import dead_letter_stream
 from recommender.platform.redis import Keyspace
 from recommender.platform.streams import StreamRunner
 from recommender.recommending import RecommendService
@@ -32,7 +33,7 @@ def build_services(client: "aioredis.Redis", keys: Keyspace, settings: Settings)
     vectors = VectorService(catalog, ModelStore(client, keys), index, settings.vectors)
     tracking = TrackingService(TrackingRepository(client, keys), catalog, settings.tracking)
     recommend = RecommendService(catalog, vectors, tracking, settings)
-    dead_letters = keys.key("stream", "dead-letter")
+    dead_letters = dead_letter_stream(keys)
     runners = [
         indexer(client, vectors, catalog.stream, dead_letters, settings.streams),
         aggregator(client, tracking, dead_letters, settings.streams),
