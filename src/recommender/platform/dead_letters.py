@@ -53,7 +53,7 @@ def _decode(entry_id: bytes, raw: dict[bytes, bytes]) -> DeadLetter:
 class DeadLetterController(Controller):
     path = "/api/v1/admin/dead-letters"
     tags = ["admin"]  # noqa: RUF012 - read by Litestar as a class attribute
-    opt = WRITES  # noqa: RUF012
+    opt = WRITES
 
     @get("/", summary="Entries the consumers gave up on, oldest first, with their errors")
     async def list_dead_letters(
