@@ -222,3 +222,19 @@ async def test_metrics_report_lag_and_pending(redis: "aioredis.Redis", settings:
     await runner.refresh_metrics()
     assert metric("recommender_stream_lag", runner) == 0
     assert metric("recommender_stream_pending", runner) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_stopped_runner_starts_again(redis: "aioredis.Redis", settings: Settings) -> None:
+    handler = Recorder()
+    runner = make_runner(redis, settings, handler)
+    runner.start()
+    await runner.stop()
+    await add(redis, runner, 1)
+    runner.start()
+    for _ in range(100):
+        if handler.seen:
+            break
+        await asyncio.sleep(0.02)
+    await runner.stop()
+    assert handler.seen == ["0"]

@@ -132,3 +132,22 @@ async def test_only_one_refit_at_a_time(services: Services, drain: Drain) -> Non
         return_exceptions=True,
     )  # fmt: skip
     assert sorted(type(r).__name__ for r in results) == ["ModelInfo", "RefitBusyError"]
+
+
+@pytest.mark.asyncio
+async def test_a_text_with_no_known_term_stays_out_of_the_vector_side(
+    services: Services, drain: Drain
+) -> None:
+    await add(services, "Red wool scarf", "Blue wool scarf", "Green wool scarf")
+    await drain()
+    await services.vectors.refit(reason="test")
+    await services.catalog.create(ProductCreate(id="odd", name="Qqqq"))
+    await drain()
+    version, vector = await services.vectors.stored_vector("odd")
+    assert vector is not None  # indexed...
+    assert not np.any(vector)  # ...as nothing: no cosine to anyone
+    hits = await services.vectors.neighbours("p0", 10)
+    assert "odd" not in [hit.product.id for hit in hits]
+    assert all(not np.isnan(hit.score) for hit in hits)
+    assert await services.vectors.neighbours("odd", 10) == []
+    assert await services.vectors.index.indexed_versions(version, ["odd"]) == [1]

@@ -78,6 +78,7 @@ class StreamRunner:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self.run(), name=f"stream-runner:{self.stream}")
 
     @property

@@ -7,6 +7,7 @@
 Queries carry the product's public JSON (`doc`) back, so a result needs no second lookup.
 """
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -196,8 +197,16 @@ class VectorIndex:
         return [int(result) for result in results]
 
     async def vector(self, version: int, product_id: str) -> np.ndarray[Any, Any] | None:
-        raw: Any = await self.client.hget(self.doc_key(version, product_id), "embedding")
-        return None if raw is None else np.frombuffer(raw, dtype=np.float32)
+        """The product's vector; zeros if it embeds as nothing; None if not indexed (yet)."""
+        raw: Any = await self.client.hmget(
+            self.doc_key(version, product_id), ["embedding", "version"]
+        )
+        embedding, indexed = raw
+        if indexed is None:
+            return None
+        if embedding is None:
+            return np.zeros(DIMS, dtype=np.float32)
+        return np.frombuffer(embedding, dtype=np.float32)
 
     async def indexed_versions(self, version: int, ids: Sequence[str]) -> list[int | None]:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -224,7 +233,6 @@ class VectorIndex:
 
     def _fields(self, product: Product, vector: np.ndarray[Any, Any]) -> list[Any]:
         fields: list[Any] = [
-            "embedding", np.ascontiguousarray(vector, dtype=np.float32).tobytes(),
             "pid", product.id,
             "category", TAG_SEPARATOR.join(category_prefixes(product.category)),
             "brand", product.brand,
@@ -238,6 +246,10 @@ class VectorIndex:
         ]  # fmt: skip
         if product.price is not None:
             fields += ["price", product.price]
+        # A text with no known term embeds as zero, which has no cosine: it stays out of the
+        # vector index (RediSearch would rank it at distance NaN) but in the text index.
+        if np.any(vector):
+            fields += ["embedding", np.ascontiguousarray(vector, dtype=np.float32).tobytes()]
         return fields
 
     # -- queries ----------------------------------------------------------------------------------
@@ -246,8 +258,14 @@ class VectorIndex:
         self, vector: np.ndarray[Any, Any], k: int, filters: Filters, index: str | None = None
     ) -> list[Hit]:
         """The k nearest products by cosine that pass the filters, best first."""
+        # Stock and exclusions pass nearly everything: walk the HNSW graph in batches instead
+        # of letting RediSearch pick a brute-force scan of every match (ADHOC_BF, measured
+        # 2.5-3.9 ms against 0.65 ms at 9.7k products, recall@10 0.995). Narrow filters
+        # (category, price) keep RediSearch's own choice.
+        broad = not filters.category and filters.min_price is None and filters.max_price is None
+        policy = " HYBRID_POLICY BATCHES" if broad and filters.clause() != "*" else ""
         query = (
-            Query(f"({filters.clause()})=>[KNN {k} @embedding $vector AS distance]")
+            Query(f"({filters.clause()})=>[KNN {k} @embedding $vector{policy} AS distance]")
             .sort_by("distance")
             .return_fields("doc", "distance")
             .paging(0, k)
@@ -257,7 +275,8 @@ class VectorIndex:
             "vector": np.ascontiguousarray(vector, dtype=np.float32).tobytes()
         }
         result: Any = await self.client.ft(index or self.alias).search(query, params)
-        return [Hit(_doc_decoder.decode(doc.doc), 1.0 - float(doc.distance)) for doc in result.docs]
+        hits = [(doc, float(doc.distance)) for doc in result.docs]
+        return [Hit(_doc_decoder.decode(doc.doc), 1.0 - d) for doc, d in hits if not math.isnan(d)]
 
     async def text(
         self, terms: Sequence[str], k: int, filters: Filters, index: str | None = None

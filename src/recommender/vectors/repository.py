@@ -21,6 +21,13 @@ redis.call('HSET', KEYS[1], 'live', ARGV[1], 'documents', ARGV[2], 'changes', 0,
 redis.call('HDEL', KEYS[1], 'building')
 return 1
 """
+# A new version (the fencing token) only when the lock is free, so refused attempts use none up.
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+local token = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], token, 'PX', ARGV[1])
+return token
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -50,6 +57,7 @@ class ModelStore:
         self._keys = keys
         self._publish = client.register_script(_PUBLISH)
         self._release = client.register_script(_RELEASE)
+        self._acquire = client.register_script(_ACQUIRE)
 
     def model_key(self, version: int) -> str:
         return self._keys.key("model", str(version))
@@ -83,9 +91,10 @@ class ModelStore:
 
     async def acquire(self, lock_seconds: float) -> int | None:
         """A new version number, if this process may refit now (the lock was free)."""
-        token = int(await self.client.incr(self.version_key))
-        taken = await self.client.set(self.lock_key, token, nx=True, px=int(lock_seconds * 1000))
-        return token if taken else None
+        token: Any = await self._acquire(
+            keys=[self.version_key, self.lock_key], args=[int(lock_seconds * 1000)]
+        )
+        return int(token) if token is not None else None
 
     async def mark_building(self, version: int) -> None:
         await self.client.hset(self.state_key, "building", version)

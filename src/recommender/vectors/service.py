@@ -114,7 +114,7 @@ class VectorService:
         """Bring the vector documents of these products in line with the catalog."""
         ids = list(dict.fromkeys(ids))
         state = await self.store.state()
-        if state.live is None:
+        if not state.versions:
             # The first products: a refit fits on the whole catalog, these included, and
             # back-fills them; it runs beside the consumer, which must not hold entries for it.
             self.start_refit(reason="first products")
