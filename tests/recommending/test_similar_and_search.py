@@ -190,8 +190,11 @@ async def test_crafted_category_cannot_widen_the_filter(
         response = await client.get(
             "/api/v1/products/lamp/similar", params={"category": category, "min_score": -1}
         )
-        assert response.status_code == 200
-        assert ids(response) == []
+        if response.status_code == 422:  # '|' is refused outright
+            assert "category" in response.json()["detail"]
+        else:
+            assert response.status_code == 200
+            assert ids(response) == []
 
 
 @pytest.mark.asyncio

@@ -36,6 +36,8 @@ def normalise_category(path: str) -> str:
     segments = _SEPARATOR.split(path.strip())
     if any(not segment for segment in segments):
         raise ValueError("category: every segment of the path must be non-empty")
+    if "|" in path:
+        raise ValueError("category: '|' is not allowed (it separates paths in the index)")
     if len(segments) > MAX_CATEGORY_DEPTH:
         raise ValueError(f"category: at most {MAX_CATEGORY_DEPTH} levels")
     return CATEGORY_SEPARATOR.join(segments)

@@ -27,7 +27,8 @@ from recommender.platform.redis import Keyspace
 from recommender.vectors.model import DIMS
 
 TAG_SEPARATOR = "|"
-_TAG_SPECIAL = re.compile(r"([^A-Za-z0-9_])")
+# Everything but letters and digits (in any script) is escaped in a TAG query.
+_TAG_SPECIAL = re.compile(r"([^\w])")
 _TEXT_TOKEN = re.compile(r"\w+", re.UNICODE)
 
 # Write the vector document only if the product still has the version that was embedded; a
