@@ -1,6 +1,5 @@
 """Read surfaces over the catalog's vectors: similar products, hybrid search, autocomplete."""
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -209,12 +208,8 @@ class RecommendService:
             ("view", "co_viewed", self.settings.co_view_weight),
             ("cart", "co_carted", self.settings.co_cart_weight),
         )
-        lookups = [
-            self.tracking.co_occurring(kind, anchor.product_id, n)
-            for anchor in anchors
-            for kind, _, _ in sources
-        ]
-        neighbour_lists = iter(await asyncio.gather(*lookups))
+        lookups = [(kind, anchor.product_id) for anchor in anchors for kind, _, _ in sources]
+        neighbour_lists = iter(await self.tracking.co_occurring_many(lookups, n))
         for anchor in anchors:
             for _, strategy, weight in sources:
                 reason = Reason(strategy=strategy, anchor=anchor.product_id,  # type: ignore[arg-type]
@@ -223,9 +218,7 @@ class RecommendService:
                     blend.add(product_id, weight * anchor.weight * share, reason)
         if self.settings.content_weight <= 0 or not anchors:
             return
-        similar = await asyncio.gather(
-            *(self.vectors.neighbours(anchor.product_id, n) for anchor in anchors)
-        )
+        similar = await self.vectors.neighbours_many([anchor.product_id for anchor in anchors], n)
         for anchor, hits in zip(anchors, similar, strict=True):
             reason = Reason(strategy="similar", anchor=anchor.product_id, anchor_event=anchor.event)
             for hit in hits:

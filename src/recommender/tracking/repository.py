@@ -230,8 +230,14 @@ class TrackingRepository:
     async def trending(self, category: str, limit: int) -> list[tuple[str, float]]:
         return await self._ranked(self.trend_key(category), limit)
 
-    async def co_occurring(self, kind: str, product_id: str, limit: int) -> list[tuple[str, float]]:
-        return await self._ranked(self.co_prefix(kind) + product_id, limit)
+    async def co_occurring_many(
+        self, lookups: Sequence[tuple[str, str]], limit: int
+    ) -> list[list[tuple[str, float]]]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for kind, product_id in lookups:
+                pipe.zrevrange(self.co_prefix(kind) + product_id, 0, limit - 1, withscores=True)
+            replies: list[Any] = await pipe.execute()
+        return [[(member.decode(), float(score)) for member, score in reply] for reply in replies]
 
     async def _ranked(self, key: str, limit: int) -> list[tuple[str, float]]:
         result: list[Any] = await self.client.zrevrange(key, 0, limit - 1, withscores=True)

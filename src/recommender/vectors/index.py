@@ -198,16 +198,20 @@ class VectorIndex:
         return [int(result) for result in results]
 
     async def vector(self, version: int, product_id: str) -> np.ndarray[Any, Any] | None:
-        """The product's vector; zeros if it embeds as nothing; None if not indexed (yet)."""
-        raw: Any = await self.client.hmget(
-            self.doc_key(version, product_id), ["embedding", "version"]
-        )
-        embedding, indexed = raw
-        if indexed is None:
-            return None
-        if embedding is None:
-            return np.zeros(DIMS, dtype=np.float32)
-        return np.frombuffer(embedding, dtype=np.float32)
+        return (await self.vectors(version, [product_id]))[0]
+
+    async def vectors(self, version: int, ids: Sequence[str]) -> list[np.ndarray[Any, Any] | None]:
+        """Each product's vector; zeros if it embeds as nothing; None if not indexed (yet)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for product_id in ids:
+                pipe.hmget(self.doc_key(version, product_id), ["embedding", "version"])
+            replies: list[Any] = await pipe.execute()
+        return [
+            None if indexed is None
+            else np.zeros(DIMS, dtype=np.float32) if embedding is None
+            else np.frombuffer(embedding, dtype=np.float32)
+            for embedding, indexed in replies
+        ]  # fmt: skip
 
     async def indexed_versions(self, version: int, ids: Sequence[str]) -> list[int | None]:
         async with self.client.pipeline(transaction=False) as pipe:

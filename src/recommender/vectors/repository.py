@@ -32,6 +32,10 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,7 @@ class ModelStore:
         self._keys = keys
         self._publish = client.register_script(_PUBLISH)
         self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
         self._acquire = client.register_script(_ACQUIRE)
 
     def model_key(self, version: int) -> str:
@@ -95,6 +100,17 @@ class ModelStore:
             keys=[self.version_key, self.lock_key], args=[int(lock_seconds * 1000)]
         )
         return int(token) if token is not None else None
+
+    async def renew(self, version: int, lock_seconds: float) -> bool:
+        """Extend the lock's lease if `version` still holds it."""
+        result: Any = await self._renew(
+            keys=[self.lock_key], args=[version, int(lock_seconds * 1000)]
+        )
+        return bool(result)
+
+    async def locked(self) -> bool:
+        """A refit holds the lock (a live one: a dead refit's lease lapses)."""
+        return bool(await self.client.exists(self.lock_key))
 
     async def mark_building(self, version: int) -> None:
         await self.client.hset(self.state_key, "building", version)

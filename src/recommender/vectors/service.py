@@ -151,7 +151,10 @@ class VectorService:
             await asyncio.sleep(check_seconds)
             try:
                 state = await self.store.state()
-                if state.live is None and state.building is None:
+                if state.building is not None and not await self.store.locked():
+                    # The process building it died and its lease lapsed: start over.
+                    self.start_refit(reason="the last refit died")
+                elif state.live is None and state.building is None:
                     if await self.catalog.count():  # the first refit failed or never ran
                         self.start_refit(reason="no model yet")
                 elif self._refit_due(state, 0):
@@ -193,9 +196,15 @@ class VectorService:
         version = await self.store.acquire(self.settings.refit_lock_seconds)
         if version is None:
             raise RefitBusyError("a refit is already running")
+        lease = asyncio.create_task(self._renew_lock(version), name="refit-lock")
         started = time.perf_counter()
-        previous = (await self.store.state()).live
+        state = await self.store.state()
+        previous = state.live
         try:
+            if state.building is not None:  # we hold the lock: whoever built it has died
+                log.warning("refit_dropping_dead_build", version=state.building)
+                await self.index.drop(state.building)
+                await self.store.delete(state.building)
             products = [p async for p in self._all_products()]
             log.info("refit_started", version=version, reason=reason, documents=len(products))
             texts = [product_text(product) for product in products]
@@ -214,6 +223,7 @@ class VectorService:
             await self.store.abandon(version)
             raise
         finally:
+            lease.cancel()
             await self.store.release(version)
         if previous is not None:
             await self.index.drop(previous)
@@ -226,6 +236,18 @@ class VectorService:
             seconds=round(time.perf_counter() - started, 2),
         )
         return model.info
+
+    async def _renew_lock(self, version: int) -> None:
+        """Keep the refit lock while the refit runs, so a process that dies lets it lapse soon."""
+        seconds = self.settings.refit_lock_seconds
+        while True:
+            await asyncio.sleep(seconds / 3)
+            try:
+                if not await self.store.renew(version, seconds):
+                    log.warning("refit_lock_lost", version=version)  # the swap will be refused
+                    return
+            except RedisError as error:
+                log.warning("refit_lock_renewal_failed", version=version, error=str(error))
 
     async def _all_products(self) -> AsyncIterator[Product]:
         cursor: str | None = None
@@ -274,10 +296,23 @@ class VectorService:
 
     async def neighbours(self, product_id: str, k: int) -> list[Hit]:
         """The product's k nearest products by content, unfiltered ([] if not embedded yet)."""
-        version, vector = await self.stored_vector(product_id)
-        if vector is None or not np.any(vector):
-            return []
-        return await self.nearest(version, vector, k, Filters(in_stock=None, exclude=(product_id,)))
+        return (await self.neighbours_many([product_id], k))[0]
+
+    async def neighbours_many(self, ids: Sequence[str], k: int) -> list[list[Hit]]:
+        """`neighbours` of several products: one read of their vectors, the queries at once."""
+        state = await self.store.state()
+        if state.live is None or not ids:
+            return [[] for _ in ids]
+        version = state.live
+        vectors = await self.index.vectors(version, ids)
+
+        async def around(product_id: str, vector: np.ndarray[Any, Any] | None) -> list[Hit]:
+            if vector is None or not np.any(vector):
+                return []
+            everything_else = Filters(in_stock=None, exclude=(product_id,))
+            return await self.nearest(version, vector, k, everything_else)
+
+        return list(await asyncio.gather(*map(around, ids, vectors)))
 
     async def nearest(
         self, version: int, vector: np.ndarray[Any, Any], k: int, filters: Filters
