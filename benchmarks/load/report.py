@@ -1,0 +1,359 @@
+"""The results of one benchmark run: their JSON shape and the readable tables printed at the end."""
+
+import msgspec
+
+from benchmarks.load.dataset import ImportReport
+from benchmarks.load.knn import KnnCeiling
+from benchmarks.load.metrics import RedisWork, RouteLatency
+from benchmarks.load.servers import CpuSplit
+from benchmarks.load.workload import READS, ROUTES, LoadResult
+
+TARGET_P99_MS = 50.0
+OTHER_BUSY = 15.0  # % of one core used by other processes that flags a figure
+
+
+class Run(msgspec.Struct, kw_only=True):
+    """wrk processes started together against one server, and the CPU used meanwhile."""
+
+    server: str
+    phase: str  # "http ceiling" | "alone" | "mix" | "fixed rate"
+    results: list[LoadResult]
+    cpu: CpuSplit
+    # Per load result, its requests/s over the server's HTTP ceiling and over the KNN ceiling.
+    vs_http_ceiling: list[float | None]
+    vs_knn_ceiling: list[float | None]
+    redis: RedisWork | None = None  # Redis commands per request answered
+    routes: list[RouteLatency] = []  # server-side, from /metrics (single-process servers)
+    backlog: int = 0  # stream entries the consumers had still to process when the run ended
+    drain_seconds: float = 0.0  # how long they then took (the next run waited for it)
+
+
+class ServerInfo(msgspec.Struct, kw_only=True):
+    name: str
+    description: str
+    python: str
+    skipped: str | None = None  # why it did not run
+    # Warnings and errors the service logged during the run (import included for serve).
+    log_problems: dict[str, int] = {}
+
+
+class Report(msgspec.Struct, kw_only=True):
+    command: str
+    started_at: str
+    seconds: float
+    cpus: int
+    machine_busy_before: float  # % of one core used by other processes just before the run
+    wrk: str
+    options: dict[str, object]
+    dataset: dict[str, int]
+    imported: ImportReport | None  # None when an earlier import was reused
+    knn: list[KnnCeiling]  # the first is the ceiling the ratios use
+    servers: list[ServerInfo]
+    runs: list[Run]
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
+        return "  " + "  ".join([first, *rest])
+
+    return "\n".join([line(headers), *(line(row) for row in rows)])
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _load_row(result: LoadResult, http: float | None, knn: float | None) -> list[str]:
+    return [
+        result.target,
+        f"{result.rps:,.0f}",
+        f"{result.p50_ms:.1f}",
+        f"{result.p95_ms:.1f}",
+        f"{result.p99_ms:.1f}",
+        f"{result.non_2xx:,}",
+        f"{result.errors:,}",
+        f"{result.timeouts:,}",
+        _ratio(http),
+        _ratio(knn),
+    ]
+
+
+LOAD_HEADERS = [
+    "target",
+    "req/s",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "non-2xx",
+    "errors",
+    "timeouts",
+    "/HTTP",
+    "/KNN",
+]
+
+
+def _other(cpu: CpuSplit) -> float:
+    """CPU of processes outside the measurement (another benchmark skews every figure)."""
+    return cpu.machine - cpu.service - cpu.redis - cpu.load_generator
+
+
+def _cpu(run: Run) -> str:
+    other = _other(run.cpu)
+    warning = "  <- other processes busy: figures understated" if other > OTHER_BUSY else ""
+    return f"  CPU, % of one core: {run.cpu.text()}  (other {other:.0f}%){warning}"
+
+
+def _cpu_cell(cpu: CpuSplit) -> str:
+    other = _other(cpu)
+    flag = " !" if other > OTHER_BUSY else ""
+    return f"{cpu.service:.0f}/{cpu.redis:.0f}/{cpu.load_generator:.0f}/{other:.0f}{flag}"
+
+
+def _redis_cell(run: Run) -> str:
+    return (
+        "-"
+        if run.redis is None
+        else (f"{run.redis.commands_per_request:.0f}/{run.redis.usec_per_request:.0f}")
+    )
+
+
+def _backlog_cell(run: Run) -> str:
+    return f"{run.backlog:,}/{run.drain_seconds:.1f}" if run.backlog else "0"
+
+
+def _cpu_per_request(run: Run) -> str:
+    """CPU milliseconds per answered request, service/Redis: unlike requests/s, these barely
+    move when other processes take cores away (1000 / the first = requests/s per core)."""
+    answered = sum(result.requests for result in run.results)
+    if not answered:
+        return "-"
+    per = 1000.0 * run.cpu.seconds / 100.0 / answered
+    return f"{run.cpu.service * per:.2f}/{run.cpu.redis * per:.2f}"
+
+
+def _section(title: str, runs: list[Run]) -> list[str]:
+    if not runs:
+        return []
+    rows = [
+        [
+            *_load_row(result, http, knn),
+            _cpu_per_request(run),
+            _redis_cell(run),
+            _backlog_cell(run),
+            _cpu_cell(run.cpu),
+        ]
+        for run in runs
+        for result, http, knn in zip(
+            run.results, run.vs_http_ceiling, run.vs_knn_ceiling, strict=True
+        )
+    ]
+    headers = [
+        *LOAD_HEADERS,
+        "CPU ms/req svc/redis",
+        "Redis cmds/us per req",
+        "backlog/drain s",
+        "CPU % svc/redis/wrk/other",
+    ]
+    lines = ["", title, _table(headers, rows)]
+    for run in runs:
+        if run.redis is not None and run.redis.top:
+            top = ", ".join(f"{name} {calls:g}" for name, calls in run.redis.top.items())
+            lines.append(f"    {run.results[0].target}: Redis calls per request: {top}")
+    return lines
+
+
+def _mix_details(run: Run) -> list[str]:
+    result = run.results[0]
+    total = sum(result.sent.values()) or 1
+    shares = ", ".join(f"{name} {count / total:.1%}" for name, count in result.sent.items())
+    lines = [f"  sent: {shares}"]
+    if run.routes:
+        lines.append(
+            "  server-side latency per route in this mix (/metrics histogram, "
+            "interpolated in buckets):"
+        )
+        rows = [
+            [r.route, f"{r.requests:,}", f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}", f"{r.p99_ms:.1f}"]
+            for r in run.routes
+        ]
+        lines.append(_table(["route", "requests", "p50 ms", "p95 ms", "p99 ms"], rows))
+    return lines
+
+
+def _verdict(result: LoadResult) -> str:
+    """Whether a read endpoint met the issue's target at this offered rate."""
+    if result.target not in READS:
+        return "-"
+    if not result.requests:
+        return "NO: no answer"
+    held = result.rps >= 0.95 * (result.offered_rate or 0.0)
+    clean = not (result.errors or result.timeouts or result.non_2xx or result.late)
+    return "yes" if held and clean and result.p99_ms < TARGET_P99_MS else "NO"
+
+
+def _fixed_rate(run: Run) -> list[str]:
+    rows = []
+    for result in run.results:
+        rows.append(
+            [
+                result.target,
+                f"{result.offered_rate or 0:,.0f}",
+                f"{result.connections:,}",
+                f"{result.rps:,.0f}",
+                f"{result.p50_ms:.1f}",
+                f"{result.p95_ms:.1f}",
+                f"{result.p99_ms:.1f}",
+                f"{result.non_2xx:,}",
+                f"{result.errors:,}",
+                f"{result.timeouts:,}",
+                f"{result.late:,}",
+                _verdict(result),
+            ]
+        )
+    headers = [
+        "target",
+        "offered/s",
+        "conns",
+        "req/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "non-2xx",
+        "errors",
+        "timeouts",
+        "late",
+        f"p99<{TARGET_P99_MS:g}ms, clean, rate held",
+    ]
+    lines = [_table(headers, rows), _cpu(run)]
+    lines.append(f"  CPU ms per request answered, service/Redis: {_cpu_per_request(run)}")
+    if run.redis is not None:
+        lines.append(
+            f"  Redis per request: {_redis_cell(run)} commands/us; stream backlog at the end: "
+            f"{run.backlog:,} entries, cleared {run.drain_seconds:.1f} s later"
+        )
+    return lines
+
+
+def render(report: Report) -> str:
+    opts = report.options
+    data = report.dataset
+    lines = [
+        "=" * 100,
+        f"Load benchmark: {report.command}",
+        f"{report.started_at}, {report.seconds:.0f} s; {report.cpus} cores; {report.wrk}; "
+        f"other processes used {report.machine_busy_before:.0f}% of a core just before",
+        f"Online Retail: {data['products']:,} products, {data['events']:,} events, "
+        f"{data['users']:,} users",
+    ]
+    if report.imported is not None:
+        i = report.imported
+        lines.append(
+            f"import through the API: products {i.products_seconds:.1f} s "
+            f"({i.products / max(i.products_seconds, 1e-9):,.0f}/s), indexed and refitted "
+            f"{i.indexed_seconds:.1f} s later; events {i.events_seconds:.1f} s "
+            f"({i.events / max(i.events_seconds, 1e-9):,.0f}/s); refit {i.refit_seconds:.1f} s; "
+            f"consumers caught up {i.caught_up_seconds:.1f} s after it "
+            f"(rejected: {i.products_rejected} products, {i.events_rejected} events; the lag "
+            f"gauges read 0 while up to {i.gauge_missed_entries:,} entries were unprocessed)"
+        )
+    lines += ["", "Store ceiling: raw KNN through redis-py (service idle, no pipelining):"]
+    for knn in report.knn:
+        lines.append(
+            f"  {knn.query}: KNN on {knn.index} at EF_RUNTIME {knn.ef_runtime}, {knn.tasks} "
+            f"tasks: {knn.qps:,.0f} queries/s, p50 {knn.p50_ms:.2f} ms, p99 {knn.p99_ms:.2f} ms; "
+            f"Redis CPU {knn.redis_cpu_us_per_query:.0f} us/query (= {knn.redis_bound_qps:,.0f}/s "
+            f"on one Redis core); the client used {knn.client_cpu_percent:.0f}% of a core"
+        )
+    lines += [
+        f"Targets: {', '.join(f'{k} = {v}' for k, v in ROUTES.items())}",
+        "/HTTP, /KNN: requests/s over the same server's HTTP ceiling (constant JSON) and over "
+        "the store ceiling's first line.",
+        "CPU ms/req svc/redis: CPU time of the server's processes and of Redis per request "
+        "answered; it barely moves when other processes take cores away (1000 / it = req/s "
+        "per core).",
+        "Redis cmds/us per req: commands Redis executed and microseconds it spent executing them, "
+        "per request answered (stream consumers included).",
+        "backlog/drain s: stream entries left unprocessed at the end of the run, and the seconds "
+        "the consumers then took (the next run waits for them).",
+        "CPU % svc/redis/wrk/other: % of one core used by the server's processes, Redis, wrk and "
+        f"everything else on the machine ('!': other > {OTHER_BUSY:g}%, the figures understated).",
+    ]
+    for server in report.servers:
+        lines += ["", "-" * 100, f"{server.name}: {server.description} ({server.python})"]
+        if server.skipped:
+            lines.append(f"  skipped: {server.skipped}")
+            continue
+        for problem, count in list(server.log_problems.items())[:6]:
+            lines.append(f"  logged {count:,} x {problem}")
+        runs = [run for run in report.runs if run.server == server.name]
+        by_phase = {
+            phase: [r for r in runs if r.phase == phase]
+            for phase in ("http ceiling", "alone", "mix", "fixed rate")
+        }
+        lines += _section(
+            f"HTTP ceiling, {opts['connections']} connections, {opts['duration']} s, closed loop",
+            by_phase["http ceiling"],
+        )
+        lines += _section(
+            f"each target alone, {opts['connections']} connections, "
+            f"{opts['duration']} s, closed loop",
+            by_phase["alone"],
+        )
+        for run in by_phase["mix"]:
+            lines += _section(
+                f"the mix at saturation, {opts['connections']} connections, {opts['duration']} s",
+                [run],
+            )
+            lines += _mix_details(run)
+        for run in by_phase["fixed rate"]:
+            lines += [
+                "",
+                f"the mix at a fixed rate: {opts['rate']:,} requests/s offered over "
+                f"{opts['rate_connections']:,} connections for {opts['rate_duration']} s, "
+                "one wrk per target",
+            ]
+            lines += _fixed_rate(run)
+    lines += ["", "-" * 100, "Servers compared (same data, same wrk settings)"]
+    rows = []
+    for server in report.servers:
+        if server.skipped:
+            continue
+        phases = {r.phase: r for r in report.runs if r.server == server.name}
+        ceiling = phases.get("http ceiling")
+        mix, fixed = phases.get("mix"), phases.get("fixed rate")
+        worst = (
+            max((r.p99_ms for r in fixed.results if r.target in READS), default=0.0)
+            if fixed
+            else 0.0
+        )
+        bad = sum(r.non_2xx + r.errors + r.timeouts for r in fixed.results) if fixed else 0
+        rows.append(
+            [
+                server.name,
+                f"{ceiling.results[0].rps:,.0f}" if ceiling else "-",
+                f"{mix.results[0].rps:,.0f}" if mix else "-",
+                f"{mix.results[0].p99_ms:.1f}" if mix else "-",
+                f"{mix.cpu.service:.0f}/{mix.cpu.redis:.0f}" if mix else "-",
+                f"{worst:.1f}" if fixed else "-",
+                f"{bad:,}" if fixed else "-",
+            ]
+        )
+    lines.append(
+        _table(
+            [
+                "server",
+                "HTTP ceiling req/s",
+                "mix req/s",
+                "mix p99 ms",
+                "mix CPU service/redis %",
+                "fixed rate: worst read p99 ms",
+                "fixed rate: failed",
+            ],
+            rows,
+        )
+    )
+    return "\n".join(lines)
