@@ -40,6 +40,17 @@ local function logadd(key, member, value)
 end
 """
 
+# The sum of a window's day buckets, from a short-lived cache when another request made it.
+_POPULAR = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZUNIONSTORE', KEYS[1], #KEYS - 1, unpack(KEYS, 2))
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
+"""
+# Popularity may be this stale: it counts days, a few seconds do not change it.
+POPULAR_CACHE_SECONDS = 5
+
 # KEYS: seen, history, bought, stream. ARGV: check_seen, seen_ttl, history_entry, history_len,
 # product, bought_log_weight, then the stream entry's field/value pairs.
 _INGEST = (
@@ -155,6 +166,7 @@ class TrackingRepository:
         self.stream = keys.key("stream", "behaviour")
         self._ingest = client.register_script(_INGEST)
         self._aggregate = client.register_script(_AGGREGATE)
+        self._popular = client.register_script(_POPULAR)
 
     # -- key names ------------------------------------------------------------------------------
 
@@ -218,14 +230,11 @@ class TrackingRepository:
     async def popular(
         self, days: Sequence[int], category: str, limit: int
     ) -> list[tuple[str, float]]:
+        """The window's counts, summed at most once per POPULAR_CACHE_SECONDS and window."""
         keys = [self.popularity_key(day, category) for day in days]
         cache = self.keys.key("pop", "cache", str(days[0]), str(days[-1]), category)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zunionstore(cache, keys)
-            pipe.expire(cache, 30)
-            pipe.zrevrange(cache, 0, limit - 1, withscores=True)
-            result: list[Any] = await pipe.execute()
-        return [(member.decode(), float(score)) for member, score in result[2]]
+        result: Any = await self._popular(keys=[cache, *keys], args=[POPULAR_CACHE_SECONDS, limit])
+        return [(result[i].decode(), float(result[i + 1])) for i in range(0, len(result), 2)]
 
     async def trending(self, category: str, limit: int) -> list[tuple[str, float]]:
         return await self._ranked(self.trend_key(category), limit)
