@@ -29,7 +29,8 @@ from recommender.vectors.model import DIMS
 TAG_SEPARATOR = "|"
 # Everything but letters and digits (in any script) is escaped in a TAG query.
 _TAG_SPECIAL = re.compile(r"([^\w])")
-_TEXT_TOKEN = re.compile(r"\w+", re.UNICODE)
+# Letters and digits only: RediSearch reads even a lone "_" as syntax (found by fuzzing).
+_TEXT_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 
 # Write the vector document only if the product still has the version that was embedded; a
 # product that no longer exists takes its vector document with it.
