@@ -1,11 +1,13 @@
-"""`recommender serve | import products | evaluate search` (also `python -m recommender`)."""
+"""`recommender serve | import products|events | evaluate search|recommendations` (also
+`python -m recommender`)."""
 
 import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import IO, Any, Protocol, TypeVar
 
 import msgspec
 import structlog
@@ -51,8 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-IMPORT_EXIT_CODES = """exit status: 0 imported (rejected products are only listed), 1 the import
-stopped (malformed file, Redis or service error) or --strict and a product was rejected, 2 bad
+IMPORT_EXIT_CODES = """exit status: 0 imported (rejected {unit}s are only listed), 1 the import
+stopped (malformed file, Redis or service error) or --strict and a {unit} was rejected, 2 bad
 options or settings, unreadable FILE or unknown format, 130 interrupted."""
 EVALUATE_EXIT_CODES = """exit status: 0 done, 1 the evaluation failed (unreadable or malformed
 input, Redis error), 2 bad options or settings, 130 interrupted."""
@@ -68,21 +70,39 @@ def _add_import(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
         description="Upsert products from a file in the API's product schema: JSONL (one "
         "product object a line) or CSV with the same column names (tags as a|b or a JSON "
         "list, attributes as JSON, empty cells absent). Existing ids are replaced.",
-        epilog=IMPORT_EXIT_CODES,
+        epilog=IMPORT_EXIT_CODES.format(unit="product"),
     )
-    products.add_argument("file", metavar="FILE", help="the file; - reads standard input")
-    products.add_argument(
+    _add_import_options(products, "product")
+    products.set_defaults(command=import_products_command)
+    events = kinds.add_parser(
+        "events",
+        help="replay behaviour events from JSONL or CSV, in batches",
+        description="Record events from a file in the API's event schema, as POST "
+        "/api/v1/events would: JSONL (one event object a line) or CSV with the same column "
+        "names, e.g. timestamp,user_id,session_id,type,product_id,order_id,quantity,price "
+        "(empty cells absent). Aggregates use the events' timestamps, so a replay of past "
+        "history builds that history's popularity and co-occurrence. Events without an "
+        "event_id count again if the file is imported again.",
+        epilog=IMPORT_EXIT_CODES.format(unit="event"),
+    )
+    _add_import_options(events, "event")
+    events.set_defaults(command=import_events_command)
+
+
+def _add_import_options(parser: argparse.ArgumentParser, unit: str) -> None:
+    parser.add_argument("file", metavar="FILE", help="the file; - reads standard input")
+    parser.add_argument(
         "--format",
         choices=importing.FORMATS,
         help="default: from the extension (.jsonl or .ndjson, .csv); jsonl for stdin",
     )
-    products.add_argument(
+    parser.add_argument(
         "--batch-size",
         type=_batch_size,
         default=importing.DEFAULT_BATCH_SIZE,
-        help=f"products per write (1-{importing.MAX_BATCH_SIZE}, default %(default)s)",
+        help=f"{unit}s per write (1-{importing.MAX_BATCH_SIZE}, default %(default)s)",
     )
-    target = products.add_mutually_exclusive_group()
+    target = parser.add_mutually_exclusive_group()
     target.add_argument(
         "--api",
         metavar="URL",
@@ -93,11 +113,8 @@ def _add_import(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
         "--data-dir",
         help="embedded Redis data directory, the same as the service's (redis.embedded.data_dir)",
     )
-    products.add_argument(
-        "--strict", action="store_true", help="exit 1 if any product was rejected"
-    )
-    _add_output_options(products)
-    products.set_defaults(command=import_products_command)
+    parser.add_argument("--strict", action="store_true", help=f"exit 1 if any {unit} was rejected")
+    _add_output_options(parser)
 
 
 def _add_evaluate(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -145,6 +162,47 @@ def _add_evaluate(commands: "argparse._SubParsersAction[argparse.ArgumentParser]
     )
     _add_output_options(search)
     search.set_defaults(command=evaluate_search_command)
+    recommendations = kinds.add_parser(
+        "recommendations",
+        help='HR@10, Recall@10 and NDCG@10 of "for you" and three baselines on a time split',
+        description="Import the products and the events before the cutoff into a fresh "
+        "namespace of the configured Redis, run the consumers until both streams are "
+        'consumed, refit the model, then ask "for you" for 10 products for every user with '
+        "history before the cutoff and a purchase on or after it. The truth is the set of "
+        "products in that user's first order from the cutoff on. Two views: discovery "
+        "(purchased products left out, truth restricted to products new to the user) and all "
+        "(repeat purchases count). Baselines on the same split: popularity over the last 30 "
+        "days, the user's own purchase frequency, item-kNN over the purchase matrix. The "
+        "namespace is removed afterwards.",
+        epilog=EVALUATE_EXIT_CODES,
+    )
+    recommendations.add_argument(
+        "--products", required=True, metavar="P", help="products JSONL in the API's schema"
+    )
+    recommendations.add_argument(
+        "--events",
+        required=True,
+        metavar="E",
+        help="events CSV (or JSONL) in the API's schema, every one with a timestamp",
+    )
+    recommendations.add_argument(
+        "--cutoff",
+        required=True,
+        type=_cutoff,
+        metavar="YYYY-MM-DD",
+        help="history is what happened before this day (UTC), the truth what came from it on",
+    )
+    recommendations.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=importing.DEFAULT_BATCH_SIZE,
+        help="products and events per import batch (default %(default)s)",
+    )
+    recommendations.add_argument(
+        "--data-dir", help="embedded Redis data directory (redis.embedded.data_dir)"
+    )
+    _add_output_options(recommendations)
+    recommendations.set_defaults(command=evaluate_recommendations_command)
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -172,6 +230,14 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
 # The batch endpoint's limit, for both modes, so a batch size works the same either way.
 _batch_size = _bounded_int(1, importing.MAX_BATCH_SIZE)
 _search_depth = _bounded_int(1, 100)
+
+
+def _cutoff(text: str) -> datetime:
+    try:
+        day = datetime.strptime(text, "%Y-%m-%d")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD date: '{text}'") from None
+    return day.replace(tzinfo=UTC)
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -228,17 +294,43 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def import_products_command(args: argparse.Namespace) -> int:
+    return _import_command(
+        args, importing.read_products, importing.import_via_api, importing.import_into_redis
+    )
+
+
+def import_events_command(args: argparse.Namespace) -> int:
+    return _import_command(
+        args,
+        importing.read_events,
+        importing.import_events_via_api,
+        importing.import_events_into_redis,
+    )
+
+
+def _import_command(
+    args: argparse.Namespace,
+    read: Callable[[IO[bytes], importing.Format], Iterable[importing.SourceItem]],
+    via_api: Callable[
+        [Iterable[importing.SourceItem], str, int, importing.Progress],
+        Coroutine[Any, Any, importing.Summary],
+    ],
+    into_redis: Callable[
+        [Iterable[importing.SourceItem], Settings, int, importing.Progress],
+        Coroutine[Any, Any, importing.Summary],
+    ],
+) -> int:
     settings = _settings(args, **{"redis.embedded.data_dir": args.data_dir})
     _configure_command_logging(settings, args.verbose)
     progress = importing.Progress()
     try:
         file_format = importing.detect_format(args.file, args.format)
         with importing.open_source(args.file) as stream:
-            items = importing.read_products(stream, file_format)
+            items = read(stream, file_format)
             if args.api:
-                run = importing.import_via_api(items, args.api, args.batch_size, progress)
+                run = via_api(items, args.api, args.batch_size, progress)
             else:
-                run = importing.import_into_redis(items, settings, args.batch_size, progress)
+                run = into_redis(items, settings, args.batch_size, progress)
             summary = asyncio.run(run)
     except importing.ImportInputError as error:
         return _fail(str(error), status=2)
@@ -259,6 +351,31 @@ def evaluate_search_command(args: argparse.Namespace) -> int:
         settings, args.products, args.judgments, k=args.k, relevant_at=args.relevant_at,
         batch_size=args.batch_size, progress=importing.Progress(),
     )  # fmt: skip
+    return _evaluation_command(run, args.json, lambda result: result.render(args.relevant_at))
+
+
+def evaluate_recommendations_command(args: argparse.Namespace) -> int:
+    settings = _settings(args, **{"redis.embedded.data_dir": args.data_dir})
+    _configure_command_logging(settings, args.verbose)
+    run = evaluation.evaluate_recommendations(
+        settings, args.products, args.events, cutoff=args.cutoff, batch_size=args.batch_size,
+        progress=importing.Progress(),
+    )  # fmt: skip
+    return _evaluation_command(run, args.json, lambda result: result.render())
+
+
+class _Evaluated(Protocol):
+    @property
+    def report(self) -> msgspec.Struct: ...
+
+
+_Result = TypeVar("_Result", bound=_Evaluated)
+
+
+def _evaluation_command(
+    run: Coroutine[Any, Any, _Result], as_json: bool, render: Callable[[_Result], str]
+) -> int:
+    """Run an evaluation; print its report as JSON or as `render` puts it for people."""
     try:
         result = asyncio.run(run)
     except (evaluation.EvaluationError, importing.ImportInputError) as error:
@@ -267,8 +384,7 @@ def evaluate_search_command(args: argparse.Namespace) -> int:
         return _fail(f"Redis failed during the evaluation: {error}")
     except KeyboardInterrupt:
         return _fail("interrupted", status=130)
-    report = result.report
-    print(msgspec.json.encode(report).decode() if args.json else result.render(args.relevant_at))
+    print(msgspec.json.encode(result.report).decode() if as_json else render(result))
     return 0
 
 

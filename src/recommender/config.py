@@ -92,8 +92,9 @@ class VectorSettings(Setting, frozen=True):
     # ...but not more often than this; checked this often even when no write comes.
     refit_min_interval_seconds: Annotated[float, Meta(ge=0)] = 10.0
     refit_check_seconds: PositiveSeconds = 5.0
-    # A refit that holds the lock longer than this is presumed dead and its lock expires.
-    refit_lock_seconds: PositiveSeconds = 600.0
+    # Lease of the refit lock, renewed every third of it while the refit runs: the lock of a
+    # refit whose process died lapses this long after, and another process takes over.
+    refit_lock_seconds: PositiveSeconds = 30.0
     # Products embedded per write batch while back-filling a new index version.
     backfill_batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 500
 
@@ -102,19 +103,19 @@ class RecommendSettings(Setting, frozen=True):
     # Similar products below this cosine are left out unless the request says otherwise.
     similar_min_score: Annotated[float, Meta(ge=-1, le=1)] = 0.1
     # "For you" starts from this many of the shopper's recent products (by weight)...
-    anchors: Annotated[int, Meta(ge=1, le=100)] = 10
+    anchors: Annotated[int, Meta(ge=1, le=100)] = 40
     # ...weighted by event type (tracking.weights) and by age, halving every this many days.
     recency_half_life_days: PositiveSeconds = 30.0
     # Candidates each anchor brings from each source.
     neighbours_per_anchor: Annotated[int, Meta(ge=1, le=500)] = 30
     # How much each source counts in the blend.
     content_weight: Annotated[float, Meta(ge=0)] = 1.0
-    co_purchase_weight: Annotated[float, Meta(ge=0)] = 1.0
-    co_view_weight: Annotated[float, Meta(ge=0)] = 0.5
-    co_cart_weight: Annotated[float, Meta(ge=0)] = 0.7
-    popularity_weight: Annotated[float, Meta(ge=0)] = 0.2
+    co_purchase_weight: Annotated[float, Meta(ge=0)] = 0.25
+    co_view_weight: Annotated[float, Meta(ge=0)] = 0.125
+    co_cart_weight: Annotated[float, Meta(ge=0)] = 0.175
+    popularity_weight: Annotated[float, Meta(ge=0)] = 0.02
     # The shopper's own repeat purchases, when purchases are not excluded.
-    buy_again_weight: Annotated[float, Meta(ge=0)] = 1.0
+    buy_again_weight: Annotated[float, Meta(ge=0)] = 2.0
     # No category may fill more than this share of a list unless the request filters to it.
     max_category_share: Annotated[float, Meta(gt=0, le=1)] = 0.5
 

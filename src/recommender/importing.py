@@ -1,14 +1,17 @@
-"""Bulk product import: read JSONL or CSV, write it in batches through the catalog, summarise.
+"""Bulk import of products and events: read JSONL or CSV, write it in batches, summarise.
 
-A file is read line by line and turned into `SourceItem`s (the product as the API's JSON would
-have it, with the line it came from). Batches of them go to a `Sink`: the catalog service itself
-(`CatalogService.upsert_batch`, the same call `POST /api/v1/products/batch` makes) or a running
-service over HTTP (`ApiSink`). Each item's outcome is mapped back to its line for the summary.
+A file is read line by line and turned into `SourceItem`s (the product or event as the API's JSON
+would have it, with the line it came from). Batches of products go to the catalog service itself
+(`CatalogService.upsert_batch`, the same call `POST /api/v1/products/batch` makes) or to a running
+service over HTTP (`ApiSink`); batches of events to `TrackingService.record` (the call of
+`POST /api/v1/events`) or over HTTP (`EventApiSink`). Each item's outcome is mapped back to its
+line for the summary.
 
 A file that cannot be parsed (invalid JSON, broken CSV, not UTF-8) stops the import at that line
-with `MalformedFileError`; every line before it is written (upserts are idempotent, so fixing the
-file and running it again is safe). An item that parses but is not a valid product is only
-rejected: it is listed in the summary and the import goes on.
+with `MalformedFileError`; every line before it is written (product upserts are idempotent, so
+fixing the file and running it again is safe; events are too, if they carry an `event_id`). An
+item that parses but is not a valid product or event is only rejected: it is listed in the
+summary and the import goes on.
 """
 
 import asyncio
@@ -21,10 +24,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import IO, Any, Literal, Protocol, TextIO
+from typing import IO, Any, Literal, Protocol, TextIO, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
@@ -36,7 +40,8 @@ from recommender.config import Settings
 from recommender.platform.embedded import EmbeddedRedis
 from recommender.platform.errors import AppError
 from recommender.platform.redis import Keyspace, create_client, require_search_module
-from recommender.services import build_services
+from recommender.services import Services, build_services
+from recommender.tracking import Event, TrackingService
 
 log = structlog.get_logger()
 
@@ -52,12 +57,9 @@ MAX_BATCH_SIZE = 1000
 SHOWN_REJECTIONS = 20
 
 _BOM = "\ufeff"
-_FIELDS = frozenset(ProductCreate.__struct_fields__)
-_REQUIRED_COLUMNS = ("id", "name")
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 
-_API_PATH = "/api/v1/products/batch"
 _API_TIMEOUT_SECONDS = 60.0
 _API_ATTEMPTS = 5
 _HTTP_TOO_LARGE = 413
@@ -83,7 +85,7 @@ class ImportTargetError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class SourceItem:
-    """One product as read from the file (a JSON value) and the line it starts on."""
+    """One product or event as read from the file (a JSON value) and the line it starts on."""
 
     line: int
     data: Any
@@ -129,6 +131,10 @@ def read_products(stream: IO[bytes], file_format: Format) -> Iterator[SourceItem
     return read_jsonl(stream) if file_format == "jsonl" else read_csv(stream)
 
 
+def read_events(stream: IO[bytes], file_format: Format) -> Iterator[SourceItem]:
+    return read_jsonl(stream) if file_format == "jsonl" else read_event_csv(stream)
+
+
 def _text_lines(stream: IO[bytes]) -> Iterator[tuple[int, str]]:
     """Decoded lines (endings kept) with their numbers; a byte-order mark is dropped."""
     for number, raw in enumerate(stream, start=1):
@@ -152,6 +158,25 @@ def read_jsonl(stream: IO[bytes]) -> Iterator[SourceItem]:
 
 def read_csv(stream: IO[bytes]) -> Iterator[SourceItem]:
     """A header of product field names, then one product per record (which may span lines)."""
+    return _read_table(stream, _PRODUCT_COLUMNS)
+
+
+def read_event_csv(stream: IO[bytes]) -> Iterator[SourceItem]:
+    """A header of event field names, then one event per record."""
+    return _read_table(stream, _EVENT_COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """The columns a CSV file of one kind may have, those it needs, and how cells convert."""
+
+    kind: str
+    fields: tuple[str, ...]
+    required: tuple[str, ...]
+    converters: dict[str, Callable[[str], Any]]
+
+
+def _read_table(stream: IO[bytes], columns: _Columns) -> Iterator[SourceItem]:
     numbered = _text_lines(stream)
     reader = csv.reader((text for _, text in numbered), strict=True)
     header: list[str] | None = None
@@ -168,42 +193,42 @@ def read_csv(stream: IO[bytes]) -> Iterator[SourceItem]:
         if not row:
             continue
         if header is None:
-            header = _check_header(row, line)
+            header = _check_header(row, line, columns)
             continue
         if len(row) != len(header):
             raise MalformedFileError(
                 line, f"broken CSV: {len(row)} fields where the header has {len(header)}"
             )
-        yield SourceItem(line, _product_from_cells(header, row))
+        yield SourceItem(line, _record_from_cells(header, row, columns))
 
 
-def _check_header(row: list[str], line: int) -> list[str]:
-    """Fail at the header when no row could be a product, instead of rejecting every row."""
+def _check_header(row: list[str], line: int, columns: _Columns) -> list[str]:
+    """Fail at the header when no row could be valid, instead of rejecting every row."""
     header = [name.strip() for name in row]
-    unknown = [name for name in header if name not in _FIELDS]
+    unknown = [name for name in header if name not in columns.fields]
     if unknown:
         raise MalformedFileError(
             line,
             f"unknown column(s) {', '.join(repr(n) for n in unknown)}; "
-            f"the columns are the product fields: {', '.join(ProductCreate.__struct_fields__)}",
+            f"the columns are the {columns.kind} fields: {', '.join(columns.fields)}",
         )
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         raise MalformedFileError(line, f"column(s) {', '.join(repeated)} appear more than once")
-    missing = [name for name in _REQUIRED_COLUMNS if name not in header]
+    missing = [name for name in columns.required if name not in header]
     if missing:
         raise MalformedFileError(line, f"the header has no {' or '.join(missing)} column")
     return header
 
 
-def _product_from_cells(header: list[str], row: list[str]) -> dict[str, Any]:
+def _record_from_cells(header: list[str], row: list[str], columns: _Columns) -> dict[str, Any]:
     """Cells as the API's JSON types; empty cells are absent fields.
 
-    A cell that does not convert is passed on as text, so the product is rejected by the same
+    A cell that does not convert is passed on as text, so the item is rejected by the same
     validation, with the same message, as an API client's would be.
     """
     return {
-        column: _CONVERTERS.get(column, str)(cell)
+        column: columns.converters.get(column, str)(cell)
         for column, cell in zip(header, row, strict=True)
         if cell
     }
@@ -237,12 +262,25 @@ def _in_stock(cell: str) -> bool | str:
     return True if word in _TRUE else False if word in _FALSE else cell
 
 
-_CONVERTERS: dict[str, Callable[[str], Any]] = {
-    "tags": _tags,
-    "attributes": _json_or_text,
-    "price": _price,
-    "in_stock": _in_stock,
-}
+def _whole_number(cell: str) -> int | str:
+    try:
+        return int(cell)
+    except ValueError:
+        return cell
+
+
+_PRODUCT_COLUMNS = _Columns(
+    kind="product",
+    fields=ProductCreate.__struct_fields__,
+    required=("id", "name"),
+    converters={"tags": _tags, "attributes": _json_or_text, "price": _price, "in_stock": _in_stock},
+)
+_EVENT_COLUMNS = _Columns(
+    kind="event",
+    fields=Event.__struct_fields__,
+    required=("type",),
+    converters={"quantity": _whole_number, "price": _price},
+)
 
 
 def batches(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]]:
@@ -276,10 +314,10 @@ def batches(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]
 
 
 class ItemOutcome(msgspec.Struct, kw_only=True):
-    """One item's result, as `POST /api/v1/products/batch` returns it."""
+    """One item's result, as `POST /api/v1/products/batch` or `POST /api/v1/events` returns it."""
 
     index: int
-    status: Literal["created", "updated", "rejected"]
+    status: Literal["created", "updated", "accepted", "duplicate", "rejected"]
     error: str | None = None
 
 
@@ -289,6 +327,13 @@ class BatchOutcome(msgspec.Struct, kw_only=True):
 
 class Sink(Protocol):
     async def upsert(self, items: Sequence[Any]) -> BatchOutcome: ...
+
+
+class EventSink(Protocol):
+    async def record(self, items: Sequence[Any]) -> BatchOutcome: ...
+
+
+Write = Callable[[Sequence[Any]], Awaitable[BatchOutcome]]
 
 
 class CatalogSink:
@@ -302,32 +347,48 @@ class CatalogSink:
         return msgspec.convert(result, BatchOutcome, from_attributes=True)
 
 
-class ApiSink:
-    """A running service's batch endpoint, over the standard library's HTTP client."""
+class TrackingSink:
+    """Straight into the tracking service: the call the events endpoint makes."""
+
+    def __init__(self, tracking: TrackingService) -> None:
+        self.tracking = tracking
+
+    async def record(self, items: Sequence[Any]) -> BatchOutcome:
+        result = await self.tracking.record(items)
+        return msgspec.convert(result, BatchOutcome, from_attributes=True)
+
+
+class _BatchPoster:
+    """POSTs batches to one endpoint of a running service, over the standard library's client."""
+
+    path: str
+    # The endpoint's success status, and the body's key for the list (None: the body is the list).
+    accepted_status: int
+    items_key: str | None
 
     def __init__(self, base_url: str, timeout: float = _API_TIMEOUT_SECONDS) -> None:
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ImportInputError(f"--api needs an http:// or https:// URL, not '{base_url}'")
-        self.url = base_url.rstrip("/") + _API_PATH
+        self.url = base_url.rstrip("/") + self.path
         self.timeout = timeout
 
-    async def upsert(self, items: Sequence[Any]) -> BatchOutcome:
-        return await asyncio.to_thread(self._upsert, list(items))
+    async def send(self, items: Sequence[Any]) -> BatchOutcome:
+        return await asyncio.to_thread(self._send, list(items))
 
-    def _upsert(self, items: list[Any]) -> BatchOutcome:
+    def _send(self, items: list[Any]) -> BatchOutcome:
         """POST the batch; a body over the service's size limit is sent in halves."""
-        body = msgspec.json.encode({"items": items})
+        body = msgspec.json.encode({self.items_key: items} if self.items_key else items)
         status, payload = self._post(body)
         if status == _HTTP_TOO_LARGE:
             if len(items) == 1:
                 reason = f"too large for the service ({len(body):,} bytes of JSON)"
                 return BatchOutcome(items=[ItemOutcome(index=0, status="rejected", error=reason)])
             half = len(items) // 2
-            first, second = self._upsert(items[:half]), self._upsert(items[half:])
+            first, second = self._send(items[:half]), self._send(items[half:])
             shifted = [msgspec.structs.replace(i, index=i.index + half) for i in second.items]
             return BatchOutcome(items=first.items + shifted)
-        if status != 200:
+        if status != self.accepted_status:
             raise ImportTargetError(f"{self.url} answered {status}: {_error_detail(payload)}")
         try:
             return msgspec.json.decode(payload, type=BatchOutcome)
@@ -356,6 +417,28 @@ class ApiSink:
             except OSError as error:  # URLError, refused connections, timeouts
                 reason = getattr(error, "reason", error)
                 raise ImportTargetError(f"cannot reach {self.url}: {reason}") from None
+
+
+class ApiSink(_BatchPoster):
+    """A running service's product batch endpoint."""
+
+    path = "/api/v1/products/batch"
+    accepted_status = 200
+    items_key = "items"
+
+    async def upsert(self, items: Sequence[Any]) -> BatchOutcome:
+        return await self.send(items)
+
+
+class EventApiSink(_BatchPoster):
+    """A running service's events endpoint (it takes a JSON list of events)."""
+
+    path = "/api/v1/events"
+    accepted_status = 202
+    items_key = None
+
+    async def record(self, items: Sequence[Any]) -> BatchOutcome:
+        return await self.send(items)
 
 
 def _retry_after(header: str | None, attempt: int) -> float:
@@ -474,67 +557,136 @@ class ImportSummary(msgspec.Struct, kw_only=True):
 
     def render(self) -> str:
         """The summary for people: counts, rate, the first rejections, what stopped it."""
-        lines = [
+        return _render(
             f"imported {self.imported:,} products ({self.created:,} created, "
             f"{self.updated:,} updated) in {self.seconds:.1f} s, "
-            f"{self.products_per_second:,.0f} products/s"
-        ]
-        if self.rejected:
-            lines.append(f"rejected {self.rejected:,}:")
-            lines += [f"  line {r.line}: {r.reason}" for r in self.rejections[:SHOWN_REJECTIONS]]
-            if self.rejected > SHOWN_REJECTIONS:
-                lines.append(f"  ...and {self.rejected - SHOWN_REJECTIONS:,} more")
-        if self.error is not None:
-            lines.append(f"stopped early: {self.error} (nothing after it was imported)")
-        if self.note is not None:
-            lines.append(f"note: {self.note}")
-        return "\n".join(lines)
+            f"{self.products_per_second:,.0f} products/s",
+            self.rejections, self.error, self.note,
+        )  # fmt: skip
 
 
-async def run_import(
-    items: Iterable[SourceItem], sink: Sink, batch_size: int, progress: Progress
-) -> ImportSummary:
-    """Write every item in batches; the summary says what happened to each line."""
-    counts = {"created": 0, "updated": 0, "rejected": 0}
+class EventImportSummary(msgspec.Struct, kw_only=True):
+    imported: int
+    # Events whose event_id had been seen already: counted once, so not stored again.
+    duplicates: int
+    rejected: int
+    rejections: list[Rejection]
+    seconds: float
+    events_per_second: float
+    error: str | None = None
+    error_line: int | None = None
+    note: str | None = None
+
+    def render(self) -> str:
+        return _render(
+            f"imported {self.imported:,} events ({self.duplicates:,} duplicates left out) in "
+            f"{self.seconds:.1f} s, {self.events_per_second:,.0f} events/s",
+            self.rejections, self.error, self.note,
+        )  # fmt: skip
+
+
+def _render(headline: str, rejections: list[Rejection], error: str | None, note: str | None) -> str:
+    lines = [headline]
+    if rejections:
+        lines.append(f"rejected {len(rejections):,}:")
+        lines += [f"  line {r.line}: {r.reason}" for r in rejections[:SHOWN_REJECTIONS]]
+        if len(rejections) > SHOWN_REJECTIONS:
+            lines.append(f"  ...and {len(rejections) - SHOWN_REJECTIONS:,} more")
+    if error is not None:
+        lines.append(f"stopped early: {error} (nothing after it was imported)")
+    if note is not None:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tally:
+    """What writing a file's items did: outcomes by status, the rejected lines, what stopped it."""
+
+    counts: Counter[str]
+    rejections: list[Rejection]
+    seconds: float
+    error: str | None
+    error_line: int | None
+
+    def rate(self, count: int) -> float:
+        return round(count / self.seconds, 1) if self.seconds > 0 else 0.0
+
+
+async def _write_all(
+    items: Iterable[SourceItem], write: Write, batch_size: int, progress: Progress, unit: str
+) -> _Tally:
+    """Write every item in batches, mapping each outcome back to the item's line."""
+    counts: Counter[str] = Counter()
     rejections: list[Rejection] = []
     error: str | None = None
     error_line: int | None = None
-    progress.begin("importing", "products")
+    progress.begin("importing", unit)
     try:
         for batch in batches(items, batch_size):
-            # The batch endpoint refuses a whole batch over one non-object item: reject it here.
+            # The batch endpoints refuse a whole batch over one non-object item: reject it here.
             objects = [item for item in batch if isinstance(item.data, dict)]
             for item in batch:
                 if not isinstance(item.data, dict):
                     counts["rejected"] += 1
                     reason = f"expected a JSON object, got {_json_type(item.data)}"
                     rejections.append(Rejection(item.line, reason))
-            outcome = await sink.upsert([item.data for item in objects]) if objects else None
+            outcome = await write([item.data for item in objects]) if objects else None
             for result in outcome.items if outcome else ():
                 counts[result.status] += 1
                 if result.status == "rejected":
                     reason = result.error or "rejected"
                     rejections.append(Rejection(objects[result.index].line, reason))
-            progress.update(sum(counts.values()))
+            progress.update(counts.total())
     except MalformedFileError as malformed:
         error, error_line = str(malformed), malformed.line
     except (ImportTargetError, RedisError, AppError) as failure:
         error = str(failure)
     progress.end()
-    seconds = progress.elapsed
-    imported = counts["created"] + counts["updated"]
+    rejections.sort(key=lambda rejection: rejection.line)
+    return _Tally(counts, rejections, round(progress.elapsed, 3), error, error_line)
+
+
+async def run_import(
+    items: Iterable[SourceItem], sink: Sink, batch_size: int, progress: Progress
+) -> ImportSummary:
+    """Write every product in batches; the summary says what happened to each line."""
+    tally = await _write_all(items, sink.upsert, batch_size, progress, "products")
+    imported = tally.counts["created"] + tally.counts["updated"]
     summary = ImportSummary(
         imported=imported,
-        created=counts["created"],
-        updated=counts["updated"],
-        rejected=counts["rejected"],
-        rejections=sorted(rejections, key=lambda rejection: rejection.line),
-        seconds=round(seconds, 3),
-        products_per_second=round(imported / seconds, 1) if seconds > 0 else 0.0,
-        error=error,
-        error_line=error_line,
+        created=tally.counts["created"],
+        updated=tally.counts["updated"],
+        rejected=tally.counts["rejected"],
+        rejections=tally.rejections,
+        seconds=tally.seconds,
+        products_per_second=tally.rate(imported),
+        error=tally.error,
+        error_line=tally.error_line,
     )
-    log.info("import_finished", imported=imported, rejected=counts["rejected"], error=error)
+    log.info("import_finished", imported=imported, rejected=summary.rejected, error=tally.error)
+    return summary
+
+
+async def run_event_import(
+    items: Iterable[SourceItem], sink: EventSink, batch_size: int, progress: Progress
+) -> EventImportSummary:
+    """Record every event in batches; the summary says what happened to each line."""
+    tally = await _write_all(items, sink.record, batch_size, progress, "events")
+    imported = tally.counts["accepted"]
+    summary = EventImportSummary(
+        imported=imported,
+        duplicates=tally.counts["duplicate"],
+        rejected=tally.counts["rejected"],
+        rejections=tally.rejections,
+        seconds=tally.seconds,
+        events_per_second=tally.rate(imported),
+        error=tally.error,
+        error_line=tally.error_line,
+    )
+    log.info(
+        "event_import_finished", imported=imported, rejected=summary.rejected, error=tally.error
+    )
     return summary
 
 
@@ -577,17 +729,42 @@ async def import_into_redis(
     items: Iterable[SourceItem], settings: Settings, batch_size: int, progress: Progress
 ) -> ImportSummary:
     """Mode (a): through the catalog service on the configured Redis and namespace."""
+    return await _into_configured_redis(
+        settings,
+        lambda services: run_import(items, CatalogSink(services.catalog), batch_size, progress),
+        "the products are stored, and they are indexed (searchable, recommendable) when the "
+        "service next runs",
+    )
+
+
+async def import_events_into_redis(
+    items: Iterable[SourceItem], settings: Settings, batch_size: int, progress: Progress
+) -> EventImportSummary:
+    """Mode (a) for events: through the tracking service on the configured Redis and namespace."""
+    return await _into_configured_redis(
+        settings,
+        lambda services: run_event_import(
+            items, TrackingSink(services.tracking), batch_size, progress
+        ),
+        "the events are in the shoppers' histories, and popularity, trending and co-occurrence "
+        "take them in when the service next runs",
+    )
+
+
+Summary = TypeVar("Summary", ImportSummary, EventImportSummary)
+
+
+async def _into_configured_redis(
+    settings: Settings, run: Callable[[Services], Awaitable[Summary]], pending: str
+) -> Summary:
+    """Run an import on the services of the configured namespace; say what waits for a service."""
     async with connect(settings) as connection:
         services = build_services(connection.client, Keyspace(settings.redis.namespace), settings)
-        summary = await run_import(items, CatalogSink(services.catalog), batch_size, progress)
+        summary = await run(services)
     if connection.started_server and summary.imported:
-        # The catalog events stay in the stream until an indexer reads them.
-        summary = msgspec.structs.replace(
-            summary,
-            note="no service was running, so this started Redis for the import only: the "
-            "products are stored, and they are indexed (searchable, recommendable) when "
-            "the service next runs",
-        )
+        # The stream entries stay in the stream until the service's consumers read them.
+        note = f"no service was running, so this started Redis for the import only: {pending}"
+        summary = msgspec.structs.replace(summary, note=note)
     return summary
 
 
@@ -596,3 +773,10 @@ async def import_via_api(
 ) -> ImportSummary:
     """Mode (b): POST batches to a running service's batch endpoint."""
     return await run_import(items, ApiSink(base_url), batch_size, progress)
+
+
+async def import_events_via_api(
+    items: Iterable[SourceItem], base_url: str, batch_size: int, progress: Progress
+) -> EventImportSummary:
+    """Mode (b) for events: POST batches to a running service's events endpoint."""
+    return await run_event_import(items, EventApiSink(base_url), batch_size, progress)
