@@ -36,6 +36,8 @@ def normalise_category(path: str) -> str:
     segments = _SEPARATOR.split(path.strip())
     if any(not segment for segment in segments):
         raise ValueError("category: every segment of the path must be non-empty")
+    if not path.isprintable():
+        raise ValueError("category: control characters are not allowed")
     if "|" in path:
         raise ValueError("category: '|' is not allowed (it separates paths in the index)")
     if len(segments) > MAX_CATEGORY_DEPTH:
