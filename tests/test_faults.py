@@ -1,4 +1,5 @@
-"""Faults: two drills of benchmarks/faults.py at CI size, and the refit lock a dead process leaves.
+"""Faults: two drills of benchmarks/faults.py at CI size, the refit lock a dead process leaves,
+and a consumer stopped while a read's reply is on its way.
 
 The drills start the real service as subprocesses (SIGKILL mid-import, restart, resend) and
 check their invariants, which hold wherever the kill lands; `python -m benchmarks.faults` runs
@@ -8,6 +9,7 @@ them, and the others, at full size.
 import asyncio
 import itertools
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from benchmarks import faults
 from conftest import Drain
 from recommender.catalog import ProductCreate
 from recommender.config import Settings
+from recommender.platform.redis import Keyspace
+from recommender.platform.streams import StreamEntry, StreamRunner
 from recommender.services import Services
 from recommender.vectors import service as vector_service
 from recommender.vectors.model import fit_model
@@ -124,3 +128,39 @@ async def test_a_refit_slower_than_its_lease_keeps_the_lock(
     info = await services.vectors.refit(reason="slow")
     assert info.version > live
     assert not await services.vectors.store.locked()
+
+
+@pytest.mark.asyncio
+async def test_a_consumer_stopped_mid_read_handles_what_redis_delivered(
+    redis: "aioredis.Redis", settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while XREADGROUP's reply is on its way: Redis counts those entries as delivered,
+    so a consumer that dropped the reply would leave them pending until claim_idle_ms."""
+    handled: list[str] = []
+
+    async def handler(entries: Sequence[StreamEntry]) -> None:
+        handled.extend(entry.id for entry in entries)
+
+    keys = Keyspace(settings.redis.namespace)
+    runner = StreamRunner(
+        redis, stream=keys.key("stream", "faults"), group="g", handler=handler,
+        dead_letter_stream=keys.key("stream", "dead"), settings=settings.streams,
+    )  # fmt: skip
+    await runner.ensure_group()
+    read = redis.xreadgroup
+    replied = asyncio.Event()
+
+    async def slow_reply(*args: Any, **kwargs: Any) -> Any:
+        response = await read(*args, **kwargs)
+        if response:
+            replied.set()
+            await asyncio.sleep(0.3)  # still on its way when the stop comes
+        return response
+
+    monkeypatch.setattr(redis, "xreadgroup", slow_reply)
+    ids = [(await redis.xadd(runner.stream, {"n": str(n)})).decode() for n in range(3)]
+    runner.start()
+    await asyncio.wait_for(replied.wait(), 5)
+    await runner.stop()
+    assert handled == ids
+    assert (await redis.xpending(runner.stream, "g"))["pending"] == 0

@@ -72,13 +72,14 @@ class StreamRunner:
         self._failed_here: dict[str, float] = {}  # entry id -> monotonic time of its failure
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._busy = False
+        self._wake = asyncio.Event()  # set by stop(): cuts a backoff pause short
         self._next_trim = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._stopping = False
+        self._wake.clear()
         self._task = asyncio.create_task(self.run(), name=f"stream-runner:{self.stream}")
 
     @property
@@ -86,12 +87,13 @@ class StreamRunner:
         return self._task is not None and not self._task.done()
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
-        """Let the batch in hand finish and be acknowledged; a blocked read is simply cancelled."""
+        """Finish the step in hand, acknowledging what it read, then exit (cancelled only after
+        `grace_seconds`). A blocked read returns within block_ms; cancelling it instead could
+        drop a reply Redis already sent, leaving its entries pending until claim_idle_ms."""
         if self._task is None:
             return
         self._stopping = True
-        if not self._busy:
-            self._task.cancel()
+        self._wake.set()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(self._task, grace_seconds)
         self._task = None
@@ -108,7 +110,8 @@ class StreamRunner:
             except RedisError as error:
                 metrics.REDIS_ERRORS.labels(source="stream").inc()
                 log.warning("stream_runner_redis_error", stream=self.stream, error=str(error))
-                await asyncio.sleep(backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), backoff)
                 backoff = min(backoff * 2, 5.0)
         log.info("stream_runner_stopped", stream=self.stream, group=self.group)
 
@@ -208,22 +211,18 @@ class StreamRunner:
     async def _process(self, entries: list[StreamEntry]) -> int:
         if not entries:
             return 0
-        self._busy = True
         try:
-            try:
-                await self.handler(entries)
-                done = entries
-            except Exception as error:  # noqa: BLE001 - a handler bug must not stop the runner
-                if len(entries) == 1:
-                    await self._record_failure(entries[0], error)
-                    done = []
-                else:  # isolate the poison entry: the others must not wait for it
-                    done = await self._process_one_by_one(entries)
-            if done:
-                await self._ack([entry.id for entry in done])
-            return len(entries)
-        finally:
-            self._busy = False
+            await self.handler(entries)
+            done = entries
+        except Exception as error:  # noqa: BLE001 - a handler bug must not stop the runner
+            if len(entries) == 1:
+                await self._record_failure(entries[0], error)
+                done = []
+            else:  # isolate the poison entry: the others must not wait for it
+                done = await self._process_one_by_one(entries)
+        if done:
+            await self._ack([entry.id for entry in done])
+        return len(entries)
 
     async def _process_one_by_one(self, entries: list[StreamEntry]) -> list[StreamEntry]:
         done = []
