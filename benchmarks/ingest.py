@@ -169,7 +169,7 @@ async def guarded_writes(services: Services, prepared: Prepared, batch: int) -> 
     for start in range(0, len(products), batch):
         chunk = products[start : start + batch]
         vectors = prepared.vectors[start : start + batch]
-        written = await index.write(prepared.live, key, chunk, vectors)
+        written = await index.write(prepared.live, key, chunk, vectors, live=True)
         if set(written) != {1}:
             raise RuntimeError(f"guarded writes did not all land: {sorted(set(written))}")
     return time.perf_counter() - started

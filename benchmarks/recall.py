@@ -334,7 +334,7 @@ async def build_hnsw(
     for start in range(0, len(products), BATCH):
         chunk = products[start : start + BATCH]
         written = await index.write(
-            version, catalog.product_key, chunk, vectors[start : start + len(chunk)]
+            version, catalog.product_key, chunk, vectors[start : start + len(chunk)], live=True
         )
         if set(written) != {1}:
             raise RuntimeError(f"guarded writes did not all land: {sorted(set(written))}")
@@ -374,7 +374,7 @@ async def write_products(
     await catalog.upsert_batch(items)
     stored = [p for p in await catalog.get_many([item["id"] for item in items]) if p is not None]
     vectors = model.embed([product_text(product) for product in stored])
-    await index.write(version, catalog.product_key, stored, vectors)
+    await index.write(version, catalog.product_key, stored, vectors, live=True)
     return int((np.linalg.norm(vectors, axis=1) == 0).sum())
 
 
@@ -454,7 +454,7 @@ async def zero_vector_probe(
             f"    {shape:<20} {returned / len(product_queries):4.1f} hits per answer, NaN "
             f"distances in {nan_answers} answers, a NaN ranked above a real hit in {disordered}"
         )
-    await index.delete(version, ids + [copy["id"] for copy in copies])
+    await index.delete(version, ids + [copy["id"] for copy in copies], live=True)
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ from recommender.config import (
     RedisSettings,
     Settings,
     StreamSettings,
+    VectorSettings,
 )
 from recommender.platform.embedded import EmbeddedRedis
 from recommender.platform.redis import Keyspace
@@ -47,6 +48,8 @@ def settings(redis_url: str, namespace: str) -> Settings:
             trim_interval_seconds=3600,
         ),
         logging=LoggingSettings(format="json", access_log=False),
+        # A drained write shows at once: no process may go on trusting its cached neighbours.
+        vectors=VectorSettings(neighbour_epoch_check_seconds=0),
     )
 
 

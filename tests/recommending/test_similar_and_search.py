@@ -127,6 +127,70 @@ async def test_writes_reach_similar_after_indexing(client: AsyncTestClient, drai
 
 
 @pytest.mark.asyncio
+async def test_cached_neighbours_never_show_stale_products(
+    client: AsyncTestClient, drain: Drain
+) -> None:
+    await load(client, drain, CATALOG)
+    url = "/api/v1/products/mug-white/similar"
+    assert "twin" not in ids(await client.get(url))  # the neighbours are cached from here on
+    await client.post("/api/v1/products", json={"id": "twin", "name": "White ceramic coffee mug"})
+    await drain()
+    assert ids(await client.get(url))[0] == "twin"
+    # Stock and deletion show at once: the products are read fresh, even before indexing.
+    await client.patch("/api/v1/products/twin", json={"in_stock": False})
+    assert "twin" not in ids(await client.get(url))
+    await client.patch("/api/v1/products/twin", json={"in_stock": True})
+    assert ids(await client.get(url))[0] == "twin"
+    await client.patch("/api/v1/products/twin", json={"name": "Brass reading lamp"})
+    await drain()
+    assert "twin" not in ids(await client.get(url))
+    await client.patch("/api/v1/products/twin", json={"name": "White ceramic coffee mug"})
+    await drain()
+    assert ids(await client.get(url))[0] == "twin"
+    await client.delete("/api/v1/products/twin")
+    assert "twin" not in ids(await client.get(url, params={"min_score": -1, "k": 100}))
+
+
+@pytest.mark.asyncio
+async def test_a_process_rechecks_its_cached_neighbours_within_the_interval(
+    settings: Settings, drain: Drain
+) -> None:
+    checked = msgspec.structs.replace(
+        settings,
+        vectors=msgspec.structs.replace(settings.vectors, neighbour_epoch_check_seconds=0.2),
+    )
+    async with AsyncTestClient(create_app(checked)) as client:
+        await load(client, drain, CATALOG)
+        url = "/api/v1/products/mug-white/similar"
+        assert "twin" not in ids(await client.get(url))
+        twin = {"id": "twin", "name": "White ceramic coffee mug"}
+        await client.post("/api/v1/products", json=twin)
+        await drain()
+        await asyncio.sleep(0.25)
+        assert ids(await client.get(url))[0] == "twin"
+
+
+@pytest.mark.asyncio
+async def test_similar_looks_past_the_cached_neighbours_when_filters_drop_them(
+    settings: Settings, drain: Drain
+) -> None:
+    shallow = msgspec.structs.replace(
+        settings, vectors=msgspec.structs.replace(settings.vectors, neighbour_cache_depth=2)
+    )
+    async with AsyncTestClient(create_app(shallow)) as client:
+        await load(client, drain, CATALOG)
+        url = "/api/v1/products/mug-white/similar"
+        nearest = ids(await client.get(url, params={"k": 3, "min_score": -1}))
+        for product_id in nearest[:2]:
+            await client.patch(f"/api/v1/products/{product_id}", json={"in_stock": False})
+        await drain()
+        found = ids(await client.get(url, params={"k": 3, "min_score": -1}))
+        assert len(found) == 3
+        assert not set(found) & set(nearest[:2])
+        assert found[0] == nearest[2]
+
+
+@pytest.mark.asyncio
 async def test_search_is_hybrid_and_marks_its_sources(
     client: AsyncTestClient, drain: Drain
 ) -> None:

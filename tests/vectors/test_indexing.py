@@ -47,7 +47,7 @@ async def test_stale_embedding_never_overwrites_a_newer_version(
     # A slow consumer that embedded the old text arrives after the change: it is skipped.
     vectors = await services.vectors.embed(model, [old])
     written = await services.vectors.index.write(
-        version, services.catalog.product_key, [old], vectors
+        version, services.catalog.product_key, [old], vectors, live=True
     )
     assert written == [0]
     await drain()
@@ -65,7 +65,7 @@ async def test_late_write_of_a_deleted_product_removes_its_vector(
     await services.catalog.delete("p1")
     vectors = await services.vectors.embed(model, [old])
     written = await services.vectors.index.write(
-        version, services.catalog.product_key, [old], vectors
+        version, services.catalog.product_key, [old], vectors, live=True
     )
     assert written == [-1]
     assert await services.vectors.index.vector(version, "p1") is None
@@ -147,7 +147,46 @@ async def test_a_text_with_no_known_term_stays_out_of_the_vector_side(
     assert vector is not None  # indexed...
     assert not np.any(vector)  # ...as nothing: no cosine to anyone
     hits = await services.vectors.neighbours("p0", 10)
-    assert "odd" not in [hit.product.id for hit in hits]
+    assert hits is not None
+    assert "odd" not in [hit.product_id for hit in hits]
     assert all(not np.isnan(hit.score) for hit in hits)
     assert await services.vectors.neighbours("odd", 10) == []
     assert await services.vectors.index.indexed_versions(version, ["odd"]) == [1]
+
+
+@pytest.mark.asyncio
+async def test_the_epoch_moves_with_the_live_vectors_only(services: Services, drain: Drain) -> None:
+    await add(services, "Red wool scarf", "Blue wool scarf", "Green wool scarf")
+    await drain()
+    index = services.vectors.index
+    before = await index.epoch()
+    await services.catalog.update("p0", ProductUpdate(price=12.5, in_stock=False))
+    await drain()
+    assert await index.epoch() == before  # no vector changed: cached neighbours still hold
+    await services.catalog.update("p0", ProductUpdate(name="Red silk scarf"))
+    await drain()
+    changed = await index.epoch()
+    assert changed > before
+    await services.catalog.create(ProductCreate(id="p9", name="Yellow wool scarf"))
+    await drain()
+    assert await index.epoch() > changed
+    grown = await index.epoch()
+    await services.catalog.delete("p9")
+    await drain()
+    assert await index.epoch() > grown
+
+
+@pytest.mark.asyncio
+async def test_a_text_with_no_known_term_leaves_the_vector_index(
+    services: Services, drain: Drain
+) -> None:
+    await add(services, "Red wool scarf", "Blue wool scarf", "Green wool scarf")
+    await drain()
+    await services.catalog.update("p2", ProductUpdate(name="Qqqq"))
+    await drain()
+    _, vector = await services.vectors.stored_vector("p2")
+    assert vector is not None
+    assert not np.any(vector)  # its old embedding went with the text that made it
+    neighbours = await services.vectors.neighbours("p0", 10)
+    assert neighbours is not None
+    assert "p2" not in [n.product_id for n in neighbours]

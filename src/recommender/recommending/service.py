@@ -66,29 +66,51 @@ class RecommendService:
         self.settings = settings.recommend
         self.search_settings = settings.search
         self.popular_days = settings.tracking.popularity_default_days
+        self.neighbour_depth = settings.vectors.neighbour_cache_depth
 
     async def similar(
         self, product_id: str, k: int, filters: Filters, min_score: float | None = None
     ) -> RecommendationList:
         """Nearest products by content, never the product itself."""
         threshold = self.settings.similar_min_score if min_score is None else min_score
+        filters = Filters(
+            category=filters.category, min_price=filters.min_price,
+            max_price=filters.max_price, in_stock=filters.in_stock,
+            exclude=(*filters.exclude, product_id),
+        )  # fmt: skip
+        if not filters.broad:  # a category or price bound passes few of the nearest: ask the index
+            return await self._similar_by_query(product_id, k, filters, threshold)
+        depth = max(k, self.neighbour_depth)
+        neighbours = await self.vectors.neighbours(product_id, depth)
+        if neighbours is None:
+            await self.catalog.get(product_id)  # 404 for an unknown product
+            return RecommendationList(rec_id=new_rec_id(), items=[], embedded=False)
+        reason = Reason(strategy="similar", anchor=product_id)
+        blend = _Blend()
+        for other, score in neighbours:
+            if score >= threshold:
+                blend.add(other, score, reason)
+        found = await self._ranked_list(blend, k, filters, set(), diversify=False)
+        more = len(neighbours) == depth and neighbours[-1].score >= threshold
+        if len(found.items) < k and more:  # out of stock or excluded: look past those kept
+            return await self._similar_by_query(product_id, k, filters, threshold)
+        return found
+
+    async def _similar_by_query(
+        self, product_id: str, k: int, filters: Filters, threshold: float
+    ) -> RecommendationList:
         version, vector = await self.vectors.stored_vector(product_id)
         if vector is None:
             await self.catalog.get(product_id)  # 404 for an unknown product
             return RecommendationList(rec_id=new_rec_id(), items=[], embedded=False)
         if not np.any(vector):  # no known term: nothing is similar to it
             return RecommendationList(rec_id=new_rec_id(), items=[])
-        filters = Filters(
-            category=filters.category, min_price=filters.min_price,
-            max_price=filters.max_price, in_stock=filters.in_stock,
-            exclude=(*filters.exclude, product_id),
-        )  # fmt: skip
-        hits = await self.vectors.nearest(version, vector, k, filters)
         reason = Reason(strategy="similar", anchor=product_id)
-        return RecommendationList(
-            rec_id=new_rec_id(),
-            items=[recommended(h.product, h.score, reason) for h in hits if h.score >= threshold],
-        )
+        blend = _Blend()
+        for other, score in await self.vectors.nearest_ids(version, vector, k, filters):
+            if score >= threshold:
+                blend.add(other, score, reason)
+        return await self._ranked_list(blend, k, filters, set(), diversify=False)
 
     async def search(
         self, query: str, k: int, filters: Filters, mode: SearchMode = "hybrid"
@@ -230,9 +252,8 @@ class RecommendService:
         similar = await self.vectors.neighbours_many([anchor.product_id for anchor in anchors], n)
         for anchor, hits in zip(anchors, similar, strict=True):
             reason = Reason(strategy="similar", anchor=anchor.product_id, anchor_event=anchor.event)
-            for hit in hits:
-                blend.add(hit.product.id, self.settings.content_weight * anchor.weight * hit.score,
-                          reason)  # fmt: skip
+            for other, score in hits:
+                blend.add(other, self.settings.content_weight * anchor.weight * score, reason)
 
     async def _favourite_category(self, anchors: Sequence["_Anchor"]) -> str:
         """The category path the shopper's anchors weigh most in ("" when they have none)."""
@@ -264,9 +285,9 @@ class RecommendService:
             for other, share in neighbours:
                 blend.add(other, share / 10**rank, reason)  # a fallback never outranks the source
         if len(blend.scores) < k:
-            for hit in await self.vectors.neighbours(product_id, n):
-                reason = Reason(strategy="similar", anchor=product_id)
-                blend.add(hit.product.id, hit.score / 100, reason)
+            reason = Reason(strategy="similar", anchor=product_id)
+            for other, score in await self.vectors.neighbours(product_id, n) or []:
+                blend.add(other, score / 100, reason)
         return await self._ranked_list(blend, k, filters, {product_id}, diversify=False)
 
     async def popular(

@@ -1,7 +1,7 @@
 """Product embeddings and the RediSearch HNSW index they live in."""
 
 from recommender.vectors.consumer import indexer
-from recommender.vectors.index import Filters, Hit, VectorIndex, text_terms
+from recommender.vectors.index import Filters, Hit, Neighbour, VectorIndex, text_terms
 from recommender.vectors.model import EmbeddingModel, ProductText, fit_model
 from recommender.vectors.repository import ModelStore
 from recommender.vectors.routes import ModelController
@@ -13,6 +13,7 @@ __all__ = [
     "Hit",
     "ModelController",
     "ModelStore",
+    "Neighbour",
     "ProductText",
     "VectorIndex",
     "VectorService",

@@ -7,8 +7,10 @@ worker thread so the event loop keeps serving.
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -18,8 +20,9 @@ from redis.exceptions import RedisError
 
 from recommender.catalog import CatalogService, Product
 from recommender.config import VectorSettings
+from recommender.platform.cache import RecentCache
 from recommender.platform.errors import AppError, StoreUnavailableError
-from recommender.vectors.index import Filters, Hit, VectorIndex
+from recommender.vectors.index import Filters, Hit, Neighbour, VectorIndex
 from recommender.vectors.model import EmbeddingModel, ModelInfo, ProductText, fit_model
 from recommender.vectors.repository import ModelState, ModelStore
 
@@ -36,6 +39,14 @@ class RefitBusyError(AppError):
 
 class ModelNotReadyError(StoreUnavailableError):
     code = "model_not_ready"
+
+
+@dataclass(frozen=True, slots=True)
+class _NeighbourList:
+    epoch: int  # the live index's vector epoch it was computed at
+    depth: int  # how many were asked for: a shorter list is all there is
+    embedded: bool
+    nearest: tuple[Neighbour, ...]
 
 
 class LiveModel(msgspec.Struct, kw_only=True):
@@ -69,6 +80,11 @@ class VectorService:
         self.settings = settings
         self._models: dict[int, EmbeddingModel] = {}
         self._refit_task: asyncio.Task[Any] | None = None
+        self._neighbour_cache: RecentCache[str, _NeighbourList] = RecentCache(
+            settings.neighbour_cache_size
+        )
+        self._epoch_seen = 0
+        self._epoch_read_at = -math.inf
 
     # -- models -----------------------------------------------------------------------------------
 
@@ -123,17 +139,17 @@ class VectorService:
         present = [p for p in products if p is not None]
         gone = [i for i, p in zip(ids, products, strict=True) if p is None]
         for version in state.versions:
-            await self._write(version, present)
-            await self.index.delete(version, gone)
+            await self._write(version, present, live=version == state.live)
+            await self.index.delete(version, gone, live=version == state.live)
         await self.store.count_changes(len(ids))
         if self._refit_due(state, len(ids)):
             self.start_refit(reason="catalog changed")
 
-    async def _write(self, version: int, products: Sequence[Product]) -> None:
+    async def _write(self, version: int, products: Sequence[Product], live: bool) -> None:
         if not products:
             return
         vectors = await self.embed(await self.model(version), products)
-        await self.index.write(version, self.catalog.product_key, products, vectors)
+        await self.index.write(version, self.catalog.product_key, products, vectors, live)
 
     def _refit_threshold(self, state: ModelState) -> int:
         return max(1, int(state.documents * self.settings.refit_change_fraction))
@@ -266,7 +282,7 @@ class VectorService:
         for start in range(0, len(products), size):
             batch = products[start : start + size]
             vectors = await self.embed(model, batch)
-            await self.index.write(version, self.catalog.product_key, batch, vectors)
+            await self.index.write(version, self.catalog.product_key, batch, vectors, live=False)
             if (start // size) % 20 == 0:
                 log.info("refit_progress", version=version, done=start + len(batch),
                          total=len(products))  # fmt: skip
@@ -280,7 +296,7 @@ class VectorService:
             log.info("refit_catch_up", version=version, products=len(stale))
             size = self.settings.backfill_batch_size
             for start in range(0, len(stale), size):
-                await self._write(version, stale[start : start + size])
+                await self._write(version, stale[start : start + size], live=False)
         removed = await self.index.remove_others(version, {p.id for p in products})
         if removed:
             log.info("refit_catch_up_removed", version=version, products=removed)
@@ -294,30 +310,66 @@ class VectorService:
             return 0, None
         return state.live, await self.index.vector(state.live, product_id)
 
-    async def neighbours(self, product_id: str, k: int) -> list[Hit]:
-        """The product's k nearest products by content, unfiltered ([] if not embedded yet)."""
-        return (await self.neighbours_many([product_id], k))[0]
+    async def neighbours(self, product_id: str, k: int) -> list[Neighbour] | None:
+        """The product's k nearest products by content, unfiltered; None if not embedded yet."""
+        found = (await self._neighbour_lists([product_id], k))[product_id]
+        return list(found.nearest[:k]) if found.embedded else None
 
-    async def neighbours_many(self, ids: Sequence[str], k: int) -> list[list[Hit]]:
-        """`neighbours` of several products: one read of their vectors, the queries at once."""
+    async def neighbours_many(self, ids: Sequence[str], k: int) -> list[list[Neighbour]]:
+        """`neighbours` of several products ([] for one not embedded yet)."""
+        found = await self._neighbour_lists(ids, k)
+        return [list(found[product_id].nearest[:k]) for product_id in ids]
+
+    async def _epoch(self) -> int:
+        """The live vectors' epoch, read at most once per `neighbour_epoch_check_seconds`."""
+        now = time.monotonic()
+        if now - self._epoch_read_at >= self.settings.neighbour_epoch_check_seconds:
+            self._epoch_seen = await self.index.epoch()
+            self._epoch_read_at = now
+        return self._epoch_seen
+
+    async def _neighbour_lists(self, ids: Sequence[str], k: int) -> dict[str, "_NeighbourList"]:
+        """From this process's cache while the live vectors have not changed, else by KNN."""
+        epoch = await self._epoch()
+        found: dict[str, _NeighbourList] = {}
+        for product_id in ids:
+            cached = self._neighbour_cache.get(product_id)
+            if cached is not None and cached.epoch == epoch and cached.depth >= k:
+                found[product_id] = cached
+        missing = [product_id for product_id in dict.fromkeys(ids) if product_id not in found]
+        if not missing:
+            return found
         state = await self.store.state()
-        if state.live is None or not ids:
-            return [[] for _ in ids]
-        version = state.live
-        vectors = await self.index.vectors(version, ids)
+        if state.live is None:
+            return found | {i: _NeighbourList(epoch, k, False, ()) for i in missing}
+        index = self.index.name(state.live)
+        depth = max(k, self.settings.neighbour_cache_depth)
 
-        async def around(product_id: str, vector: np.ndarray[Any, Any] | None) -> list[Hit]:
+        async def around(vector: np.ndarray[Any, Any] | None, product_id: str) -> _NeighbourList:
             if vector is None or not np.any(vector):
-                return []
+                return _NeighbourList(epoch, depth, vector is not None, ())
             everything_else = Filters(in_stock=None, exclude=(product_id,))
-            return await self.nearest(version, vector, k, everything_else)
+            hits = await self.index.knn_ids(vector, depth, everything_else, index)
+            return _NeighbourList(epoch, depth, True, tuple(hits))
 
-        return list(await asyncio.gather(*map(around, ids, vectors)))
+        vectors = await self.index.vectors(state.live, missing)
+        for product_id, neighbours in zip(
+            missing, await asyncio.gather(*map(around, vectors, missing)), strict=True
+        ):
+            # Filed under the epoch read before the queries: a write meanwhile invalidates it.
+            self._neighbour_cache.put(product_id, neighbours)
+            found[product_id] = neighbours
+        return found
 
     async def nearest(
         self, version: int, vector: np.ndarray[Any, Any], k: int, filters: Filters
     ) -> list[Hit]:
         return await self.index.knn(vector, k, filters, self.index.name(version))
+
+    async def nearest_ids(
+        self, version: int, vector: np.ndarray[Any, Any], k: int, filters: Filters
+    ) -> list[Neighbour]:
+        return await self.index.knn_ids(vector, k, filters, self.index.name(version))
 
     async def lexical(
         self, version: int, terms: Sequence[str], k: int, filters: Filters
