@@ -125,7 +125,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=settings.security.max_body_bytes,
         middleware=[
             RequestContextMiddleware(access_log_enabled=settings.logging.access_log),
-            RateLimitMiddleware(settings.security),
+            # Only when limits are configured: each layer costs every request some CPU.
+            *(
+                [RateLimitMiddleware(settings.security)]
+                if settings.security.rate_limit_requests
+                else []
+            ),
             PrometheusConfig(
                 app_name="recommender", prefix="recommender", group_path=True
             ).middleware,

@@ -37,6 +37,13 @@ redis.call('XADD', KEYS[3], '*', 'op', op, 'id', id, 'version', version)
 return 1
 """
 
+# Many products in one command: a pipeline of HGETs costs the client far more per product.
+_GET_MANY = """
+local found = {}
+for i, key in ipairs(KEYS) do found[i] = redis.call('HGET', key, 'json') end
+return found
+"""
+
 _decoder = msgspec.json.Decoder(Product)
 _encoder = msgspec.json.Encoder()
 
@@ -57,6 +64,7 @@ class CatalogRepository:
         self.keys = keys
         self.stream = keys.key("stream", "catalog")
         self._write_script = client.register_script(_WRITE)
+        self._get_many_script = client.register_script(_GET_MANY)
 
     def product_key(self, product_id: str) -> str:
         return self.keys.key("product", product_id)
@@ -71,10 +79,7 @@ class CatalogRepository:
     async def get_many(self, ids: Sequence[str]) -> list[Product | None]:
         if not ids:
             return []
-        async with self.client.pipeline(transaction=False) as pipe:
-            for product_id in ids:
-                pipe.hget(self.product_key(product_id), "json")
-            raw: list[Any] = await pipe.execute()
+        raw: list[Any] = await self._get_many_script(keys=[self.product_key(i) for i in ids])
         return [_decoder.decode(item) if item is not None else None for item in raw]
 
     async def write_many(self, writes: Sequence[Write]) -> list[bool]:

@@ -75,10 +75,13 @@ def key_accepted(key: str, accepted_hashes: tuple[str, ...]) -> bool:
     return any(matches)
 
 
-def require_api_key(
+async def require_api_key(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
-    """Litestar guard: the route's access level decides whether a key is needed."""
+    """Litestar guard: the route's access level decides whether a key is needed.
+
+    A coroutine although it never awaits: Litestar runs a plain function guard in a thread.
+    """
     settings: SecuritySettings = connection.app.state.settings.security
     access = handler.opt.get("access", READ)
     if access == PUBLIC or not settings.api_key_hashes:
@@ -104,7 +107,7 @@ class RateLimitMiddleware(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         limit = self.settings.rate_limit_requests
-        if limit and not _exempt(scope["path"]):
+        if not _exempt(scope["path"]):
             state = scope["litestar_app"].state
             await self._count(state.redis, state.keyspace, ASGIConnection(scope), limit)
         await next_app(scope, receive, send)

@@ -5,6 +5,7 @@ import re
 from typing import Annotated
 
 from litestar import Controller, get
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
 
@@ -62,25 +63,25 @@ class RecommendController(Controller):
     async def similar_products(
         self,
         product_id: PathId,
-        recommend: NamedDependency[RecommendService],
+        state: State,
         where: NamedDependency[Filters],
         k: K = 10,
         min_score: Annotated[
             float | None, Parameter(ge=-1, le=1, description="Lowest cosine; default in config.")
         ] = None,
     ) -> RecommendationList:
-        return await recommend.similar(product_id, k, where, min_score)
+        return await _service(state).similar(product_id, k, where, min_score)
 
     @get("/search", summary="Hybrid product search: BM25 and vectors, fused")
     async def search(
         self,
-        recommend: NamedDependency[RecommendService],
+        state: State,
         where: NamedDependency[Filters],
         q: Query,
         k: K = 10,
         mode: Annotated[SearchMode, Parameter(description="hybrid, or one side alone")] = "hybrid",
     ) -> SearchResult:
-        return await recommend.search(q, k, where, mode)
+        return await _service(state).search(q, k, where, mode)
 
     @get("/autocomplete", summary="Product names completing what was typed")
     async def autocomplete(
@@ -92,84 +93,91 @@ class RecommendController(Controller):
     async def for_user(
         self,
         user_id: PathId,
-        recommend: NamedDependency[RecommendService],
+        state: State,
         where: NamedDependency[Filters],
         k: K = 10,
         exclude_purchased: ExcludePurchased = True,
     ) -> RecommendationList:
-        return await recommend.for_you(Shopper("user", user_id), k, where, exclude_purchased)
+        return await _service(state).for_you(Shopper("user", user_id), k, where, exclude_purchased)
 
     @get("/sessions/{session_id:str}/recommendations", summary="For you: an anonymous shopper")
     async def for_session(
         self,
         session_id: PathId,
-        recommend: NamedDependency[RecommendService],
+        state: State,
         where: NamedDependency[Filters],
         k: K = 10,
         exclude_purchased: ExcludePurchased = True,
     ) -> RecommendationList:
         shopper = Shopper("session", session_id)
-        return await recommend.for_you(shopper, k, where, exclude_purchased)
+        return await _service(state).for_you(shopper, k, where, exclude_purchased)
 
     @get("/users/{user_id:str}/buy-again", summary="The user's repeat purchases")
     async def buy_again(
         self,
         user_id: PathId,
-        recommend: NamedDependency[RecommendService],
+        state: State,
         where: NamedDependency[Filters],
         k: K = 10,
     ) -> RecommendationList:
-        return await recommend.buy_again(Shopper("user", user_id), k, where)
+        return await _service(state).buy_again(Shopper("user", user_id), k, where)
 
     @get("/products/{product_id:str}/bought-together", summary="Bought with this product")
     async def bought_together(
         self,
         product_id: PathId,
-        recommend: NamedDependency[RecommendService],
+        state: State,
         where: NamedDependency[Filters],
         k: K = 10,
     ) -> RecommendationList:
-        return await recommend.bought_together(product_id, k, where)
+        return await _service(state).bought_together(product_id, k, where)
 
     @get("/popular", summary="Most interacted-with products over a window")
     async def popular(
         self,
-        recommend: NamedDependency[RecommendService],
+        state: State,
         where: NamedDependency[Filters],
         k: K = 10,
         days: Days = None,
     ) -> RecommendationList:
-        return await recommend.popular(k, where, days)
+        return await _service(state).popular(k, where, days)
 
     @get("/trending", summary="Products rising now (time-decayed interest)")
     async def trending(
         self,
-        recommend: NamedDependency[RecommendService],
+        state: State,
         where: NamedDependency[Filters],
         k: K = 10,
     ) -> RecommendationList:
-        return await recommend.trending(k, where)
+        return await _service(state).trending(k, where)
 
     @get("/categories/{path:str}/popular", summary="Popular in a category (any path prefix)")
     async def category_popular(
         self,
         path: Category,
-        recommend: NamedDependency[RecommendService],
+        state: State,
         where: NamedDependency[Filters],
         k: K = 10,
         days: Days = None,
     ) -> RecommendationList:
-        return await recommend.popular(k, _in_category(where, path), days)
+        return await _service(state).popular(k, _in_category(where, path), days)
 
     @get("/categories/{path:str}/trending", summary="Trending in a category (any path prefix)")
     async def category_trending(
         self,
         path: Category,
-        recommend: NamedDependency[RecommendService],
+        state: State,
         where: NamedDependency[Filters],
         k: K = 10,
     ) -> RecommendationList:
-        return await recommend.trending(k, _in_category(where, path))
+        return await _service(state).trending(k, _in_category(where, path))
+
+
+def _service(state: State) -> RecommendService:
+    # Read from the state, not injected beside the filters: Litestar resolves two dependencies
+    # of one handler in an anyio task group, measured at a sixth of a cached similar request.
+    service: RecommendService = state.recommend
+    return service
 
 
 def _in_category(where: Filters, path: str) -> Filters:
