@@ -225,9 +225,11 @@ class VectorService:
             if not await self.store.publish(version, len(products), time.time()):
                 raise RefitBusyError("the refit lock expired before the swap; nothing changed")
             await self.index.point_alias(version)
-        except BaseException:
+        except BaseException as error:
             await self.index.drop(version)
             await self.store.abandon(version)
+            if isinstance(error, asyncio.CancelledError):  # stopped: the next refit starts over
+                log.info("refit_abandoned", version=version, reason=reason)
             raise
         finally:
             lease.cancel()
