@@ -25,7 +25,7 @@ from recommender.platform.redis import Keyspace
 from recommender.platform.streams import StreamEntry, StreamRunner
 from recommender.services import Services
 from recommender.vectors import service as vector_service
-from recommender.vectors.model import fit_model
+from recommender.vectors.model import fit_model_bytes
 from recommender.vectors.service import RefitBusyError
 
 # Quick recovery for CI: a dead consumer's entries claimed after 1 s, a dead refit's lock lapses
@@ -121,10 +121,10 @@ async def test_a_refit_slower_than_its_lease_keeps_the_lock(
     live = await fitted(services, drain)
 
     def slow_fit(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(LEASE_SECONDS * 3)  # in the worker thread, as the real fit runs
-        return fit_model(*args, **kwargs)
+        time.sleep(LEASE_SECONDS * 3)  # in the worker thread that fits a catalog this small
+        return fit_model_bytes(*args, **kwargs)
 
-    monkeypatch.setattr(vector_service, "fit_model", slow_fit)
+    monkeypatch.setattr(vector_service, "fit_model_bytes", slow_fit)
     info = await services.vectors.refit(reason="slow")
     assert info.version > live
     assert not await services.vectors.store.locked()

@@ -369,7 +369,7 @@ def fit_model(
     *,
     config: ModelConfig = DEFAULT_CONFIG,
 ) -> EmbeddingModel:
-    """Fit the embedding model on the catalog's texts (synchronous; run it in a worker thread).
+    """Fit the embedding model on the catalog's texts (synchronous: seconds of CPU for a big one).
 
     A catalog without any text (or without products) gives a model that embeds everything as 0.
     """
@@ -379,6 +379,11 @@ def fit_model(
         info = ModelInfo(version, _now(), len(texts), 0, 0, 1.0, dims)
         return EmbeddingModel(info, [], np.zeros((0, dims), dtype=np.float32))
     return EmbeddingModel.from_pipeline(pipeline, version=version, documents=len(texts), dims=dims)
+
+
+def fit_model_bytes(texts: Sequence[ProductText], version: int) -> bytes:
+    """`fit_model(texts, version).to_bytes()`: a fit whose answer can leave a worker process."""
+    return fit_model(texts, version).to_bytes()
 
 
 def _field_text(text: ProductText, field: Field) -> str:

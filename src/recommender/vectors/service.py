@@ -1,8 +1,11 @@
 """Embedding products into the live index, refitting the model, and vector queries.
 
 Every write reaches the index of the live model and, during a refit, the index being built, so
-the swap loses nothing. CPU work (fitting, embedding big batches, loading a model) runs in a
-worker thread so the event loop keeps serving.
+the swap loses nothing. CPU work runs away from the event loop so it keeps serving: fitting a
+catalog of more than a few dozen products in a child process (the fit holds the GIL for seconds
+at a time, which stalls the loop even from a thread, and stopping the service kills the child
+instead of waiting for the fit); smaller fits, embedding big batches and loading a model in a
+worker thread.
 """
 
 import asyncio
@@ -22,14 +25,18 @@ from recommender.catalog import CatalogService, Product
 from recommender.config import VectorSettings
 from recommender.platform.cache import RecentCache
 from recommender.platform.errors import AppError, StoreUnavailableError
+from recommender.platform.processes import run_in_process
 from recommender.vectors.index import Filters, Hit, Neighbour, VectorIndex
-from recommender.vectors.model import EmbeddingModel, ModelInfo, ProductText, fit_model
+from recommender.vectors.model import EmbeddingModel, ModelInfo, ProductText, fit_model_bytes
 from recommender.vectors.repository import ModelState, ModelStore
 
 log = structlog.get_logger()
 
 # Batches at least this big are embedded in a worker thread; smaller ones are quicker inline.
 _THREAD_BATCH = 32
+# Catalogs up to this size fit in a worker thread in well under a second; a child process would
+# spend seconds on its imports alone.
+_THREAD_FIT_TEXTS = 50
 
 
 class RefitBusyError(AppError):
@@ -223,9 +230,9 @@ class VectorService:
                 await self.store.delete(state.building)
             products = [p async for p in self._all_products()]
             log.info("refit_started", version=version, reason=reason, documents=len(products))
-            texts = [product_text(product) for product in products]
-            model = await asyncio.to_thread(fit_model, texts, version)
-            await self.store.save(version, await asyncio.to_thread(model.to_bytes))
+            data = await self._fit([product_text(product) for product in products], version)
+            model = await asyncio.to_thread(EmbeddingModel.from_bytes, data)
+            await self.store.save(version, data)
             self._models[version] = model
             await self.index.create(version)
             await self.store.mark_building(version)
@@ -234,9 +241,11 @@ class VectorService:
             if not await self.store.publish(version, len(products), time.time()):
                 raise RefitBusyError("the refit lock expired before the swap; nothing changed")
             await self.index.point_alias(version)
-        except BaseException:
+        except BaseException as error:
             await self.index.drop(version)
             await self.store.abandon(version)
+            if isinstance(error, asyncio.CancelledError):  # stopped: the next refit starts over
+                log.info("refit_abandoned", version=version, reason=reason)
             raise
         finally:
             lease.cancel()
@@ -252,6 +261,12 @@ class VectorService:
             seconds=round(time.perf_counter() - started, 2),
         )
         return model.info
+
+    async def _fit(self, texts: Sequence[ProductText], version: int) -> bytes:
+        """The model fitted on `texts`, serialised; cancelling the caller abandons the fit."""
+        if len(texts) <= _THREAD_FIT_TEXTS:
+            return await asyncio.to_thread(fit_model_bytes, texts, version)
+        return await run_in_process(fit_model_bytes, texts, version)
 
     async def _renew_lock(self, version: int) -> None:
         """Keep the refit lock while the refit runs, so a process that dies lets it lapse soon."""
