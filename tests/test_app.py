@@ -152,6 +152,10 @@ async def test_errors_render_code_and_detail(client: AsyncTestClient) -> None:
     assert crashed.status_code == 500
     assert crashed.json()["error"] == "internal_error"
     assert "boom" not in crashed.text  # internals stay in the log
+    metrics = (await client.get("/metrics")).text
+    assert re.search(
+        r'^recommender_requests_total\{[^}]*path="/test/bug",status_code="500"', metrics, re.M
+    )
 
     missing = await client.get("/nothing-here")
     assert (missing.status_code, missing.json()["error"]) == (404, "not_found")

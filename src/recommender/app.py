@@ -2,6 +2,8 @@
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,9 +21,11 @@ from recommender.catalog import ProductController
 from recommender.config import Settings, load_settings
 from recommender.platform.dead_letters import DeadLetterController
 from recommender.platform.embedded import EmbeddedRedis
-from recommender.platform.errors import EXCEPTION_HANDLERS
+from recommender.platform.errors import EXCEPTION_HANDLERS, StartupError
 from recommender.platform.health import HealthController
 from recommender.platform.logging import RequestContextMiddleware, configure_logging
+from recommender.platform.metrics import RouteMetricsMiddleware
+from recommender.platform.processes import die_with_parent
 from recommender.platform.redis import Keyspace, create_client, require_search_module
 from recommender.platform.security import PUBLIC, RateLimitMiddleware, require_api_key
 from recommender.platform.streams import StreamRunner
@@ -31,6 +35,9 @@ from recommender.tracking import EventController
 from recommender.vectors import ModelController
 
 log = structlog.get_logger()
+
+# Set by `serve` for its worker processes: the pid they must not outlive.
+SUPERVISOR_VARIABLE = "_RECOMMENDER_SUPERVISOR_PID"
 
 
 class MetricsController(PrometheusController):
@@ -52,6 +59,7 @@ def _from_state(name: str) -> Provide:
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     """Own the long-lived resources: the (embedded) Redis, the client pool, the consumers."""
     settings: Settings = app.state.settings
+    _die_with_supervisor()
     embedded = None
     url = settings.redis.url
     if not url:
@@ -95,6 +103,20 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             await asyncio.to_thread(embedded.close)
 
 
+def _die_with_supervisor() -> None:
+    """A worker of `serve` never outlives it: a SIGKILLed supervisor would leave it serving.
+
+    It dies as abruptly as its supervisor did, as one process would (a SIGTERM to the
+    supervisor reaches the workers through uvicorn and drains them as usual).
+    """
+    supervisor = os.environ.get(SUPERVISOR_VARIABLE)
+    if supervisor is None:
+        return
+    if int(supervisor) != os.getppid():
+        raise StartupError("the serve process that started this worker has gone")
+    die_with_parent(signal.SIGKILL)
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
     configure_logging(settings.logging)
@@ -132,7 +154,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 else []
             ),
             PrometheusConfig(
-                app_name="recommender", prefix="recommender", group_path=True
+                app_name="recommender",
+                prefix="recommender",
+                group_path=True,
+                middleware_class=RouteMetricsMiddleware,
             ).middleware,
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -3,10 +3,14 @@
 
 import argparse
 import asyncio
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
 import msgspec
@@ -15,14 +19,24 @@ import uvicorn
 from redis.exceptions import RedisError
 
 from recommender import evaluation, importing
-from recommender.app import create_app
-from recommender.config import ConfigError, RedisSettings, Settings, load_settings
+from recommender.app import SUPERVISOR_VARIABLE, create_app
+from recommender.config import (
+    CONFIG_PATH_VARIABLE,
+    ENV_PREFIX,
+    ConfigError,
+    RedisSettings,
+    Settings,
+    load_settings,
+)
 from recommender.platform.embedded import EmbeddedRedis
 from recommender.platform.errors import StartupError
 from recommender.platform.logging import configure_logging
 from recommender.platform.redis import create_client, require_search_module
 
 log = structlog.get_logger()
+
+# What each worker process imports when the server runs more than one.
+APP_FACTORY = "recommender.app:create_app"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -257,6 +271,7 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     configure_logging(settings.logging)
     embedded = None
+    metrics_dir = None
     if not settings.redis.url:
         # Started here rather than in the app so every worker of this server shares it.
         embedded = EmbeddedRedis(settings.redis.embedded).start()
@@ -276,8 +291,21 @@ def serve_command(args: argparse.Namespace) -> int:
         # uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown; turn both into exceptions
         # so the `finally` below still stops Redis, last, after the app has drained.
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        workers = settings.server.workers
+        if workers > 1:
+            # Each worker process builds the app from the environment: hand it this config
+            # file and this Redis (uvicorn supervises them and replaces one that dies), and a
+            # place to pool their metrics.
+            if args.config:
+                os.environ[CONFIG_PATH_VARIABLE] = str(Path(args.config).resolve())
+            os.environ[f"{ENV_PREFIX}REDIS__URL"] = settings.redis.url
+            metrics_dir = tempfile.mkdtemp(prefix="recommender-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            os.environ[SUPERVISOR_VARIABLE] = str(os.getpid())
         uvicorn.run(
-            create_app(settings),
+            APP_FACTORY if workers > 1 else create_app(settings),
+            factory=workers > 1,
+            workers=workers,
             host=settings.server.host,
             port=settings.server.port,
             proxy_headers=True,
@@ -288,6 +316,8 @@ def serve_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if embedded is not None:
             embedded.close()
     return 0

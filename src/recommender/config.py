@@ -40,6 +40,8 @@ class ServerSettings(Setting, frozen=True):
     forwarded_allow_ips: str = "127.0.0.1"
     # Seconds in-flight requests get to finish on SIGTERM before the server closes them.
     graceful_shutdown_seconds: PositiveSeconds = 10.0
+    # Server processes, each with its own event loop (and stream consumers) on the same Redis.
+    workers: Annotated[int, Meta(ge=1, le=64)] = 2
 
 
 class EmbeddedRedisSettings(Setting, frozen=True):

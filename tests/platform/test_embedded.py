@@ -144,14 +144,27 @@ def serve(tmp_path: Path) -> Iterator[tuple[Path, int, list[subprocess.Popen[byt
         process.wait()
 
 
-def start_service(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_service(data_dir: Path, port: int, workers: int = 2) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "recommender", "serve", "--port", str(port),
          "--data-dir", str(data_dir)],
-        env={**os.environ, "RECOMMENDER_LOGGING__FORMAT": "json"},
+        env={**os.environ, "RECOMMENDER_LOGGING__FORMAT": "json",
+             "RECOMMENDER_SERVER__WORKERS": str(workers)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
 
 
 def test_service_survives_sigkill_with_data_and_leaves_no_redis_behind(
@@ -162,11 +175,17 @@ def test_service_survives_sigkill_with_data_and_leaves_no_redis_behind(
     processes.append(service)
     assert wait_ready(port, service)["status"] == "ok"
     first_redis = int((data_dir / "redis.pid").read_text())
+    workers = children(service.pid) - {first_redis}
     server = EmbeddedRedis(EmbeddedRedisSettings(data_dir=str(data_dir)))
     redis.Redis(unix_socket_path=str(server.socket)).set("acknowledged", "write")
 
     service.send_signal(signal.SIGKILL)
     service.wait()
+    deadline = time.monotonic() + 30
+    while any(map(pid_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert workers
+    assert not any(map(pid_alive, workers))  # no worker outlives the supervisor
     restarted = start_service(data_dir, port)
     processes.append(restarted)
     assert wait_ready(port, restarted)["status"] == "ok"
@@ -178,3 +197,27 @@ def test_service_survives_sigkill_with_data_and_leaves_no_redis_behind(
     assert restarted.wait(timeout=30) == 0
     assert not pid_alive(second_redis)
     assert not (data_dir / "redis.pid").exists()
+
+
+def test_workers_share_one_redis_and_pool_their_metrics(
+    serve: tuple[Path, int, list[subprocess.Popen[bytes]]],
+) -> None:
+    data_dir, port, processes = serve
+    service = start_service(data_dir, port, workers=2)
+    processes.append(service)
+    assert wait_ready(port, service)["status"] == "ok"
+    redis_pid = int((data_dir / "redis.pid").read_text())
+    for _ in range(40):  # each on a new connection: both workers answer some
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/popular", timeout=5) as r:
+            assert r.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    counted = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("recommender_requests_total{") and 'path="/api/v1/popular"' in line
+    )
+    assert counted == 40  # whichever worker answered the scrape counts every worker's requests
+    service.send_signal(signal.SIGTERM)
+    assert service.wait(timeout=30) == 0
+    assert not pid_alive(redis_pid)

@@ -8,8 +8,8 @@ a server left behind by a SIGKILL is recognised as orphaned, shut down cleanly (
 flushed) and replaced, never mistaken for a live owner's.
 """
 
-import ctypes
 import fcntl
+import functools
 import hashlib
 import os
 import signal
@@ -24,10 +24,10 @@ import structlog
 
 from recommender.config import EmbeddedRedisSettings
 from recommender.platform.errors import StartupError
+from recommender.platform.processes import die_with_parent
 
 log = structlog.get_logger()
 
-_PR_SET_PDEATHSIG = 1
 # sun_path is 108 bytes on Linux; longer data-directory paths get a socket in the temp dir.
 _MAX_SOCKET_PATH = 100
 
@@ -194,7 +194,8 @@ class EmbeddedRedis:
                 stderr=early_output,
                 # Own session: a terminal's Ctrl-C reaches the service, which stops Redis last.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - async-signal-safe prctl only
+                # The kernel sends SIGTERM if the service dies first.
+                preexec_fn=functools.partial(die_with_parent, signal.SIGTERM),  # noqa: PLW1509
             )
         self._wait_until_answering(self._process)
 
@@ -233,12 +234,6 @@ class EmbeddedRedis:
         except OSError:
             tail = []
         return " | ".join(tail) or "no output"
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel sends SIGTERM if the service dies first."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _is_redis_server(pid: int) -> bool:

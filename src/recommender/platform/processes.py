@@ -53,6 +53,12 @@ def _serve_parent(parent: int) -> None:
     # cancels the call and kills this process; the call must not fail on its own first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    die_with_parent(signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl: no signal would come
         os._exit(1)
+
+
+def die_with_parent(signal_number: int) -> None:
+    """The kernel sends this process `signal_number` when its parent dies (Linux; a plain
+    system call, so also safe between fork and exec)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal_number)
