@@ -16,26 +16,30 @@ def ranking(fused: list[Fused]) -> list[tuple[str, str]]:
 
 
 def test_query_words_fold_plurals_and_split_letters_from_digits() -> None:
-    assert query_words("PS3 Memory Cards card") == (
-        ("ps", "pss"),
-        ("3", "3s"),
-        ("memory", "memorys"),
-        ("card", "cards"),
+    words = query_words("PS3 Memory Cards cards", last_word_weight=3.0)
+    assert words.forms == (
+        ("ps", "pss", 1.0),
+        ("3", "3s", 1.0),
+        ("memory", "memorys", 1.0),
+        ("card", "cards", 3.0),  # said twice: the last word's weight wins
     )
-    assert query_words("gps bus") == (("gps", "gpss"), ("bus", "buss"))
+    assert words.total == 6.0
+    assert query_words("gps bus", 1.0).forms == (("gps", "gpss", 1.0), ("bus", "buss", 1.0))
 
 
-def test_name_match_is_the_share_of_query_words_in_the_name() -> None:
-    words = query_words("16 gb memory card")
+def test_name_match_is_the_weighted_share_of_query_words_in_the_name() -> None:
+    words = query_words("16 gb memory card", last_word_weight=1.0)
     assert name_match(words, "SanDisk 16GB microSDHC Memory Cards") == 1.0
     assert name_match(words, "Memory Foam Pillow") == 0.25
     assert name_match(words, "") == 0.0
-    assert name_match(query_words("martial art"), "Zen in the Martial Arts") == 1.0
-    assert name_match((), "anything") == 0.0
+    headgear = query_words("martial art headgear", last_word_weight=3.0)
+    assert name_match(headgear, "Everlast Black MMA Headgear") == 0.6  # 3 of 5
+    assert name_match(headgear, "Zen in the Martial Arts") == 0.4  # 2 of 5
+    assert name_match(query_words("x", last_word_weight=0.0), "x") == 0.0  # no weight at all
 
 
 def test_the_name_match_outweighs_a_blurred_cosine() -> None:
-    words = query_words("metal lathe")
+    words = query_words("metal lathe", last_word_weight=3.0)
     bookends, book, drill = (
         product("bookends", "Metal Bookends Pair"),
         product("book", "Metal Lathe for Home Machinists"),
@@ -46,8 +50,8 @@ def test_the_name_match_outweighs_a_blurred_cosine() -> None:
     fused = fuse(words, lexical, semantic, depth=3, vector_weight=1.0, name_match_weight=1.0)
     assert ranking(fused) == [
         ("book", "text+vector"),  # 0.54 + 1
-        ("bookends", "text+vector"),  # 0.74 + 1/2
-        ("drill", "text+vector"),  # 0.28 + 1/2
+        ("drill", "text+vector"),  # 0.28 + 3/4
+        ("bookends", "text+vector"),  # 0.74 + 1/4
     ]
     assert fused[0].score == pytest.approx(1.54)
     cosine_only = fuse(words, lexical, semantic, depth=3, vector_weight=1.0, name_match_weight=0)
@@ -55,7 +59,7 @@ def test_the_name_match_outweighs_a_blurred_cosine() -> None:
 
 
 def test_a_product_only_bm25_found_gets_the_lowest_cosine_of_a_full_vector_list() -> None:
-    words = query_words("teapot")
+    words = query_words("teapot", last_word_weight=3.0)
     only_text = product("only-text", "Cast iron kettle")  # BM25 matched its description
     near, far = product("near", "Ceramic jug"), product("far", "Glass jar")
     lexical = [Hit(only_text, 5.0)]
@@ -69,7 +73,7 @@ def test_a_product_only_bm25_found_gets_the_lowest_cosine_of_a_full_vector_list(
 
 
 def test_without_a_query_vector_bm25_order_breaks_ties() -> None:
-    words = query_words("lamp")
+    words = query_words("lamp", last_word_weight=3.0)
     lexical = [Hit(product(name, f"{name} lamp"), score) for name, score in [("b", 3), ("a", 2)]]
     fused = fuse(words, lexical, [], depth=10, vector_weight=1.0, name_match_weight=1.0)
     assert ranking(fused) == [("b", "text"), ("a", "text")]

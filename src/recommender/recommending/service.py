@@ -110,7 +110,7 @@ class RecommendService:
         if mode == "hybrid":
             settings = self.search_settings
             ranked = fuse(
-                query_words(query),
+                query_words(query, settings.last_word_weight),
                 lexical,
                 semantic,
                 depth=depth,
