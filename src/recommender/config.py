@@ -130,9 +130,13 @@ class RecommendSettings(Setting, frozen=True):
 
 
 class SearchSettings(Setting, frozen=True):
-    # Linear fusion: lexical_weight x BM25 / best BM25 + vector_weight x cosine.
-    lexical_weight: Annotated[float, Meta(ge=0)] = 0.15
+    # Hybrid fusion: vector_weight x cosine + name_match_weight x share of the query's words
+    # in the product's name (see recommending/fusion.py for how they were chosen).
     vector_weight: Annotated[float, Meta(ge=0)] = 1.0
+    name_match_weight: Annotated[float, Meta(ge=0)] = 1.0
+    # The query's last word counts this many times in the name match (English puts the kind of
+    # product last: "aqua shoes"); 1: every word alike.
+    last_word_weight: Annotated[float, Meta(ge=0, le=100)] = 3.0
     # Each side contributes this many candidates (times k) to the fusion.
     candidates_per_result: Annotated[int, Meta(ge=1, le=20)] = 3
     # Fewer lexical hits than this: add vector-side alternatives, marked as such.

@@ -286,3 +286,16 @@ async def test_running_service_indexes_writes_by_itself(settings: Settings, redi
                 break
             await asyncio.sleep(0.05)
         assert "twin" in found
+
+
+@pytest.mark.asyncio
+async def test_search_puts_the_kind_of_product_asked_for_first(
+    client: AsyncTestClient, drain: Drain
+) -> None:
+    await load(client, drain, CATALOG)
+    response = await client.get("/api/v1/search", params={"q": "white mugs", "k": 4})
+    items = response.json()["items"]
+    # Every mug before the white shirt: the last word names what is wanted.
+    assert [item["id"] for item in items][:3] == ["mug-white", "mug-blue", "mug-travel"]
+    assert items[3]["id"] == "shirt"
+    assert items[0]["score"] > 1  # the cosine plus the whole name matched
