@@ -175,6 +175,13 @@ def test_queries_find_names_brands_and_categories(
     assert all(text.category == "Garden > Tools" for text in top("garden tools", 10))
 
 
+def test_knows_the_words_of_the_catalog_only(model: EmbeddingModel) -> None:
+    assert model.knows_word("mug")
+    assert model.knows_word("globex")  # a brand
+    assert not model.knows_word("mgu")  # a typo: search asks RediSearch for a correction
+    assert not model.knows_word("ug")  # only character n-grams have it
+
+
 @pytest.mark.parametrize("svd", [True, False], ids=["svd", "identity"])
 def test_fast_path_equals_the_sklearn_pipeline(svd: bool, texts: list[ProductText]) -> None:
     catalog = texts if svd else texts[:2]

@@ -126,8 +126,12 @@ class RecommendService:
             vector = model.embed_query(query)
             if np.any(vector):
                 semantic = await self.vectors.nearest(version, vector, depth, filters)
-        # A term the index does not know but has a close neighbour of looks misspelled.
-        corrections = await self.vectors.spellcheck(version, terms)
+        # A term the index does not know but has a close neighbour of looks misspelled; one the
+        # model learnt from the catalog is no misspelling, so most queries skip the round trips.
+        corrections = (
+            {} if all(map(model.knows_word, terms))
+            else await self.vectors.spellcheck(version, terms)
+        )  # fmt: skip
         suggestions = [" ".join(corrections.get(t, t) for t in terms)] if corrections else []
         if mode == "hybrid":
             settings = self.search_settings

@@ -229,6 +229,12 @@ class EmbeddingModel:
         np.divide(out, norms, out=out, where=norms > 0)
         return out
 
+    def knows_word(self, word: str) -> bool:
+        """Whether the word is a term of the catalog text the model was fitted on."""
+        return any(
+            word in block.vocabulary for block in self._blocks if block.spec.analyzer == "word"
+        )
+
     def embed_query(self, query: str) -> Vectors:
         """A search query's unit vector, shape (dims,), float32: the query text in every field.
 
