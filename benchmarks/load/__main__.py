@@ -13,7 +13,7 @@ import; `--data-dir` keeps an import for the next run):
    the mix for 3 s; not reported); then with wrk (`benchmarks.load.workload`) `/health/live`
    and each endpoint alone at saturation, the mix at saturation, and the mix at a fixed rate
    over many connections, one wrk per endpoint so that each gets its own latency figures.
-4. For each other server in `--compare` (uvicorn with 2 workers, granian with 1 or 2), on the
+4. For each other server in `--compare` (uvicorn with 1 worker, granian with 2), on the
    same data and an embedded Redis the benchmark starts: the HTTP ceiling, the mix at
    saturation and the mix at a fixed rate.
 For every wrk run: the CPU used by the service, Redis and wrk (`benchmarks.load.servers`), and
@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     option("--knn-tasks", type=int, default=4, help="concurrent redis-py tasks, KNN ceiling")
     option(
         "--compare",
-        default="uvicorn-w2,granian-w1,granian-w2",
+        default="uvicorn-w1,granian-w2",
         help="other servers to run the mix under, comma-separated, from "
         f"{', '.join(k for k in servers.KINDS if k != 'serve')}; '' for none; one whose "
         "module --python cannot import is skipped",

@@ -1,10 +1,10 @@
 """The server configurations compared, how each is started and stopped, and their CPU time.
 
-`serve` is the production path (`python -m recommender serve`: uvicorn, one worker, the embedded
-Redis as its child). The others serve the same app from `recommender.app:create_app` (a factory
-that reads its settings from config.toml and RECOMMENDER_* variables) through another server or
-worker count, against an embedded Redis the benchmark starts on the same data directory. Every
-server binds 127.0.0.1 only.
+`serve` is the production path (`python -m recommender serve`: uvicorn with `server.workers`
+processes, 2 by default, the embedded Redis as its child). The others serve the same app from
+`recommender.app:create_app` (a factory that reads its settings from config.toml and
+RECOMMENDER_* variables) through another server or worker count, against an embedded Redis
+the benchmark starts on the same data directory. Every server binds 127.0.0.1 only.
 
 CPU time is read from /proc/<pid>/stat (utime + stime, in clock ticks) for the server's whole
 process tree (supervisor and workers) less the Redis process, whose pid is in DATA_DIR/redis.pid.
@@ -117,13 +117,14 @@ def _serve_ceiling(python: str, port: int) -> list[str]:
 
 SERVE = ServerKind(
     name="serve",
-    description="python -m recommender serve (uvicorn.run, 1 worker, embedded Redis child)",
+    description="python -m recommender serve (uvicorn, server.workers processes, default 2; "
+    "embedded Redis child)",
     module="uvicorn",
     service=_serve,
     ceiling=_serve_ceiling,
     starts_redis=True,
 )
-KINDS = {kind.name: kind for kind in (SERVE, _uvicorn(2), _granian(1), _granian(2))}
+KINDS = {kind.name: kind for kind in (SERVE, _uvicorn(1), _uvicorn(2), _granian(1), _granian(2))}
 
 
 def free_port() -> int:
