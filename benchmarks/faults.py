@@ -32,11 +32,12 @@ kill-events
 kill-redis
     Under a light steady load (2 readers: GET /api/v1/popular and /similar; 1 writer: products
     and events), SIGKILL the embedded redis-server (pid in D/redis.pid). While it is down:
-    requests must fail fast (503 with a JSON error; max latency against the bound the Redis
-    client settings give) and /health/ready must answer 503 naming redis. The drill waits to see
-    whether the service brings Redis back itself, then starts redis-server with the arguments
-    the launcher gave it (read from the live server before the kill: CONFIG GET, MODULE LIST),
-    and measures the time until /health/ready is 200 and reads succeed. Writes acknowledged
+    requests must fail fast (503 with a JSON error, or succeed once it is back; max latency
+    against the bound the Redis client settings give) and /health/ready must answer 503 naming
+    redis. The service must start redis-server again by itself (its watchdog) within 30 s; if
+    it does not, the check fails and the drill starts it with the arguments the launcher gave
+    it (read from the live server before the kill: CONFIG GET, MODULE LIST) to measure the
+    rest. Then: the time until /health/ready is 200 and reads succeed. Writes acknowledged
     more than 1 s before the kill must survive (AOF, appendfsync everysec): products by GET,
     events by sending them again (a stored event answers `duplicate`).
 sigterm-under-load
@@ -1009,20 +1010,32 @@ async def kill_redis(
                 killed_at = time.monotonic()
                 os.kill(pid, signal.SIGKILL)
                 drill.step(f"SIGKILL redis-server (pid {pid}) under load")
-                readiness = await probe_readiness(client, seconds=6.0)
-                came_back = redis_servers(data_dir)
-                drill.step(
-                    "6 s later: the service "
-                    + (f"has a redis-server again (pid {came_back})" if came_back
-                       else "has not started redis-server again (nothing supervises it); "
-                       "the drill starts it with the launcher's arguments")
-                )  # fmt: skip
-                if not came_back:
+
+                async def replaced() -> bool:
+                    return any(other != pid for other in redis_servers(data_dir)) and (
+                        await store.ping()
+                    )
+
+                # /health/ready is probed until the service has a new redis-server answering.
+                probes: list[tuple[int, float, str, float]] = []
+                probing = asyncio.create_task(probe_readiness(client, probes))
+                back_after = await wait_until(replaced, 30.0, poll=0.02)
+                up_at = time.monotonic()
+                probing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probing
+                readiness = [probe for probe in probes if probe[3] < up_at]
+                drill.check(
+                    back_after is not None,
+                    f"the service started redis-server again by itself {back_after or 0:.2f} s "
+                    f"after the kill (pids now {redis_servers(data_dir)})",
+                )
+                if back_after is None:  # go on measuring the rest: start it as the launcher did
                     relaunched = await asyncio.create_subprocess_exec(
                         *command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL, start_new_session=True,
                     )  # fmt: skip
-                up_at = time.monotonic()
+                    up_at = time.monotonic()
                 pinged = await wait_until(store.ping, 60.0, poll=0.05)
 
                 async def ready() -> bool:
@@ -1064,29 +1077,29 @@ async def kill_redis(
 
 
 async def probe_readiness(
-    client: httpx.AsyncClient, seconds: float
-) -> list[tuple[int, float, str]]:
-    """GET /health/ready every 0.5 s: (status, latency, what it says fails)."""
-    answers = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    client: httpx.AsyncClient, answers: list[tuple[int, float, str, float]]
+) -> None:
+    """GET /health/ready every 50 ms until cancelled: (status, latency, what it says fails,
+    when the answer came)."""
+    while True:
         started = time.monotonic()
         try:
             response = await client.get("/health/ready")
             body = response.json()
             failing = "; ".join(f"{name}: {body['checks'][name]}" for name in body["failing"])
-            answers.append((response.status_code, time.monotonic() - started, failing))
+            status = response.status_code
         except (httpx.TransportError, ValueError, KeyError) as error:
-            answers.append((0, time.monotonic() - started, type(error).__name__))
-        await asyncio.sleep(0.5)
-    return answers
+            status, failing = 0, type(error).__name__
+        answered = time.monotonic()
+        answers.append((status, answered - started, failing, answered))
+        await asyncio.sleep(0.05)
 
 
 def report_outage(
     drill: Drill,
     settings: Settings,
     requests: Sequence[Request],
-    readiness: Sequence[tuple[int, float, str]],
+    readiness: Sequence[tuple[int, float, str, float]],
     killed_at: float,
     up_at: float,
     pinged: float | None,
@@ -1102,9 +1115,11 @@ def report_outage(
         statuses[key] = statuses.get(key, 0) + 1
     drill.step(f"before the kill: {len(before)} requests, "
                f"{sum(200 <= r.status < 300 for r in before)} answered 2xx")  # fmt: skip
+    # A request may also succeed: Redis came back while its client was retrying.
     drill.check(
-        bool(down) and all(r.status == 503 and r.error == "store_unavailable" for r in down),
-        f"while Redis was down: {len(down)} requests, by status and JSON error: {statuses}",
+        all(r.status < 300 or (r.status, r.error) == (503, "store_unavailable") for r in down),
+        f"while Redis was down ({up_at - killed_at:.2f} s): {len(down)} requests, by status and "
+        f"JSON error: {statuses}",
     )
     latencies = [r.seconds for r in spanning]
     worst = max(latencies, default=0.0)
@@ -1115,8 +1130,9 @@ def report_outage(
         f"(bound from the redis settings: {bound:.1f} s)",
     )
     named = [r for r in readiness if r[0] == 503 and "redis" in r[2]]
+    # A probe that reached the new server while the drill had yet to see it may say 200.
     drill.check(
-        bool(readiness) and len(named) == len(readiness),
+        bool(named) and all(r in named or r[0] == 200 for r in readiness),
         f"/health/ready while down: {len(named)} of {len(readiness)} probes 503 naming redis "
         f"(max {max((r[1] for r in readiness), default=0.0) * 1000:.0f} ms); e.g. "
         f"{readiness[0][2] if readiness else '-'}",

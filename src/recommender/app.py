@@ -64,6 +64,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     url = settings.redis.url
     if not url:
         embedded = await asyncio.to_thread(EmbeddedRedis(settings.redis.embedded).start)
+        embedded.supervise()
         url = embedded.url
     client = create_client(settings.redis, url)
     runners: list[StreamRunner] = app.state.runners

@@ -275,6 +275,7 @@ def serve_command(args: argparse.Namespace) -> int:
     if not settings.redis.url:
         # Started here rather than in the app so every worker of this server shares it.
         embedded = EmbeddedRedis(settings.redis.embedded).start()
+        embedded.supervise()
         settings = msgspec.structs.replace(
             settings, redis=msgspec.structs.replace(settings.redis, url=embedded.url)
         )

@@ -1,5 +1,6 @@
 """The embedded Redis: start, stop, join, orphan recovery, and data kept across a SIGKILL."""
 
+import contextlib
 import json
 import os
 import signal
@@ -45,6 +46,29 @@ def test_start_serves_search_and_close_stops_the_process(tmp_path: Path) -> None
     client.close()
     server.close()
     assert not pid_alive(pid)
+    assert not server.socket.exists()
+
+
+def test_a_supervised_server_that_dies_is_started_again_with_its_data(tmp_path: Path) -> None:
+    server = embedded(tmp_path, appendfsync="always").start()
+    server.supervise(interval=0.1)
+    try:
+        client_for(server).set("acknowledged", "write")
+        first = int(server.pid_file.read_text())
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        again = first
+        while again == first and time.monotonic() < deadline:
+            with contextlib.suppress(redis.ConnectionError, OSError, ValueError):
+                if client_for(server).ping():
+                    again = int(server.pid_file.read_text())
+            time.sleep(0.1)
+        assert again != first
+        assert client_for(server).get("acknowledged") == b"write"
+    finally:
+        server.close()
+    assert not pid_alive(again)  # closing stops it, and nothing starts it once more
+    time.sleep(0.3)
     assert not server.socket.exists()
 
 

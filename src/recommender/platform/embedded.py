@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import IO, Self
@@ -28,6 +29,8 @@ from recommender.platform.processes import die_with_parent
 
 log = structlog.get_logger()
 
+# A server that keeps failing to start again is retried at most this far apart.
+_MAX_RESTART_BACKOFF_SECONDS = 30.0
 # sun_path is 108 bytes on Linux; longer data-directory paths get a socket in the temp dir.
 _MAX_SOCKET_PATH = 100
 
@@ -77,6 +80,8 @@ class EmbeddedRedis:
         self.owner = False
         self._lock_file: IO[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._closing = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -107,8 +112,44 @@ class EmbeddedRedis:
         )
         return self
 
+    def supervise(self, interval: float = 0.5) -> None:
+        """Start the server again whenever it dies while this process owns it (the AOF keeps
+        what it acknowledged); clients reconnect by themselves."""
+        if self._process is None or self._watchdog is not None:
+            return
+        self._watchdog = threading.Thread(
+            target=self._watch, args=(interval,), name="embedded-redis-watchdog", daemon=True
+        )
+        self._watchdog.start()
+
+    def _watch(self, interval: float) -> None:
+        binary, module = redis_server_binary(self.settings), search_module_path(self.settings)
+        while not self._closing.wait(interval):
+            process = self._process
+            if process is None or process.poll() is None:
+                continue
+            log.error("embedded_redis_died", pid=process.pid, code=process.returncode,
+                      log_tail=self._log_tail())  # fmt: skip
+            backoff = interval
+            while not self._closing.is_set():
+                try:
+                    self._launch(binary, module)
+                except StartupError as error:
+                    log.error("embedded_redis_restart_failed", error=str(error))
+                    backoff = min(backoff * 2, _MAX_RESTART_BACKOFF_SECONDS)
+                    self._closing.wait(backoff)
+                    continue
+                log.info(
+                    "embedded_redis_restarted", pid=self._process.pid if self._process else None
+                )
+                break
+
     def close(self) -> None:
         """Stop the server if this process owns it: SIGTERM lets Redis fsync its AOF first."""
+        self._closing.set()
+        if self._watchdog is not None:
+            self._watchdog.join()
+            self._watchdog = None
         if self._process is not None:
             self._process.terminate()
             try:
