@@ -1,5 +1,6 @@
 """One embedded Redis + RediSearch for the whole run; every test gets its own key namespace."""
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -9,6 +10,7 @@ import redis.asyncio as aioredis
 from litestar.testing import AsyncTestClient
 
 from recommender.app import create_app
+from recommender.cli import main
 from recommender.config import (
     EmbeddedRedisSettings,
     LoggingSettings,
@@ -98,3 +100,26 @@ async def _drop_namespace(client: "aioredis.Redis", keyspace: Keyspace) -> None:
             await client.execute_command("FT.DROPINDEX", index)
     async for key in client.scan_iter(match=keyspace.pattern(), count=1000):
         await client.delete(key)
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, namespace: str) -> None:
+    """The CLI, run in-process, on the session Redis and the test's namespace."""
+    monkeypatch.setenv("RECOMMENDER_REDIS__URL", redis_url)
+    monkeypatch.setenv("RECOMMENDER_REDIS__NAMESPACE", namespace)
+    monkeypatch.setenv("RECOMMENDER_STREAMS__BLOCK_MS", "50")
+    monkeypatch.setenv("RECOMMENDER_LOGGING__FORMAT", "json")
+
+
+async def run_cli(*argv: str) -> int:
+    # main() runs its own event loop, so it gets a thread of its own.
+    return await asyncio.to_thread(main, list(argv))
+
+
+async def evaluation_namespaces_left(
+    redis: "aioredis.Redis",
+) -> tuple[list[bytes], list[bytes]]:
+    """The keys and indexes an evaluation's private namespace left behind."""
+    keys = [key async for key in redis.scan_iter(match="eval*")]
+    names = await redis.execute_command("FT._LIST")  # type: ignore[no-untyped-call]
+    return keys, [name for name in names if name.startswith(b"eval")]

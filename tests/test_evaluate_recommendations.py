@@ -1,6 +1,5 @@
 """`recommender evaluate recommendations`: metrics, split and baselines by hand, then a run."""
 
-import asyncio
 import io
 import json
 import math
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from recommender.cli import main
+from conftest import evaluation_namespaces_left, run_cli
 from recommender.config import Settings
 from recommender.evaluation import (
     EvaluationError,
@@ -199,27 +198,17 @@ def inputs(tmp_path: Path) -> tuple[str, str]:
     return str(products), str(events)
 
 
-async def namespaces_left(redis: "aioredis.Redis") -> tuple[list[bytes], list[bytes]]:
-    keys = [key async for key in redis.scan_iter(match="eval*")]
-    names = await redis.execute_command("FT._LIST")  # type: ignore[no-untyped-call]
-    return keys, [name for name in names if name.startswith(b"eval")]
-
-
 @pytest.mark.asyncio
+@pytest.mark.usefixtures("cli_env")
 async def test_json_report_and_the_namespace_is_gone_afterwards(
     inputs: tuple[str, str],
     redis: "aioredis.Redis",
-    redis_url: str,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("RECOMMENDER_REDIS__URL", redis_url)
-    monkeypatch.setenv("RECOMMENDER_STREAMS__BLOCK_MS", "50")
-    monkeypatch.setenv("RECOMMENDER_LOGGING__FORMAT", "json")
     products, events = inputs
     argv = ["evaluate", "recommendations", "--products", products, "--events", events,
             "--cutoff", "2024-03-10", "--json"]  # fmt: skip
-    assert await asyncio.to_thread(main, argv) == 0
+    assert await run_cli(*argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert list(report) == ["for_you", "baselines", "users"]
     assert report["users"] == 3
@@ -232,7 +221,7 @@ async def test_json_report_and_the_namespace_is_gone_afterwards(
     # The tent's co-purchases bring newcomer's bag and mat; buy-again brings regular's mug.
     assert report["for_you"]["discovery"]["hr@10"] >= 0.5
     assert report["for_you"]["all"]["hr@10"] >= 2 / 3
-    assert await namespaces_left(redis) == ([], [])
+    assert await evaluation_namespaces_left(redis) == ([], [])
 
 
 @pytest.mark.asyncio
@@ -249,7 +238,7 @@ async def test_readable_report_and_a_split_without_users_fails(
     assert text.splitlines()[5].startswith("popular ")
     assert "for you" in text
     assert result.history_events == 13
-    assert await namespaces_left(redis) == ([], [])
+    assert await evaluation_namespaces_left(redis) == ([], [])
     with pytest.raises(EvaluationError, match="no user has events before 2020-01-01"):
         await evaluate_recommendations(
             settings, products, events, cutoff=datetime(2020, 1, 1, tzinfo=UTC), batch_size=3,

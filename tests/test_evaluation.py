@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from recommender.cli import main
+from conftest import evaluation_namespaces_left, run_cli
 from recommender.config import Settings
 from recommender.evaluation import (
     Evaluation,
@@ -127,27 +127,16 @@ def inputs(tmp_path: Path) -> tuple[str, str]:
     return str(products), str(judgments)
 
 
-async def namespaces_left(redis: "aioredis.Redis") -> tuple[list[bytes], list[bytes]]:
-    keys = [key async for key in redis.scan_iter(match="eval*")]
-    names = await redis.execute_command("FT._LIST")  # type: ignore[no-untyped-call]
-    indexes = [name for name in names if name.startswith(b"eval")]
-    return keys, indexes
-
-
 @pytest.mark.asyncio
+@pytest.mark.usefixtures("cli_env")
 async def test_json_report_and_the_namespace_is_gone_afterwards(
     inputs: tuple[str, str],
     redis: "aioredis.Redis",
-    redis_url: str,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("RECOMMENDER_REDIS__URL", redis_url)
-    monkeypatch.setenv("RECOMMENDER_STREAMS__BLOCK_MS", "50")
-    monkeypatch.setenv("RECOMMENDER_LOGGING__FORMAT", "json")
     products, judgments = inputs
     argv = ["evaluate", "search", "--products", products, "--judgments", judgments, "--json"]
-    assert await asyncio.to_thread(main, argv) == 0
+    assert await run_cli(*argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert list(report) == ["hybrid", "bm25", "vector", "queries", "products"]
     assert (report["queries"], report["products"]) == (2, 6)
@@ -158,7 +147,7 @@ async def test_json_report_and_the_namespace_is_gone_afterwards(
     # only the order of the two one-word matches of "red mug" is BM25's to choose.
     assert report["bm25"]["hit@10"] == 1.0
     assert report["bm25"]["ndcg@10"] > 0.95
-    assert await namespaces_left(redis) == ([], [])
+    assert await evaluation_namespaces_left(redis) == ([], [])
 
 
 @pytest.mark.asyncio
@@ -177,13 +166,13 @@ async def test_namespace_is_removed_when_the_run_fails_or_is_cancelled(
 
     with pytest.raises(EvaluationError, match=r"broken\.jsonl: line 7: invalid JSON"):
         await run(str(broken))
-    assert await namespaces_left(redis) == ([], [])
+    assert await evaluation_namespaces_left(redis) == ([], [])
 
     # Ctrl-C reaches asyncio.run's main task as a cancellation; cancel once indexing is under way.
     task = asyncio.create_task(run(products))
-    while not (await namespaces_left(redis))[1]:  # noqa: ASYNC110 - polling Redis, no event
+    while not (await evaluation_namespaces_left(redis))[1]:  # noqa: ASYNC110 - polling Redis, no event
         await asyncio.sleep(0.005)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await namespaces_left(redis) == ([], [])
+    assert await evaluation_namespaces_left(redis) == ([], [])

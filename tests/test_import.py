@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from recommender.cli import main
+from conftest import run_cli
 from recommender.config import EmbeddedRedisSettings, Settings
 from recommender.importing import (
     ApiSink,
@@ -222,19 +222,6 @@ async def test_a_malformed_line_stops_the_import_after_the_lines_before_it(
 
 
 # -- the command ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, namespace: str) -> None:
-    """The CLI, run in-process, on the session Redis and the test's namespace."""
-    monkeypatch.setenv("RECOMMENDER_REDIS__URL", redis_url)
-    monkeypatch.setenv("RECOMMENDER_REDIS__NAMESPACE", namespace)
-    monkeypatch.setenv("RECOMMENDER_LOGGING__FORMAT", "json")
-
-
-async def run_cli(*argv: str) -> int:
-    # main() runs its own event loop, so it gets a thread of its own.
-    return await asyncio.to_thread(main, list(argv))
 
 
 @pytest.mark.asyncio

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Drain
-from recommender.cli import main
+from conftest import Drain, run_cli
 from recommender.config import Settings
 from recommender.importing import (
     EventApiSink,
@@ -120,17 +119,6 @@ async def test_an_event_id_makes_a_replayed_event_count_once(
 
 
 # -- the command ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, namespace: str) -> None:
-    monkeypatch.setenv("RECOMMENDER_REDIS__URL", redis_url)
-    monkeypatch.setenv("RECOMMENDER_REDIS__NAMESPACE", namespace)
-    monkeypatch.setenv("RECOMMENDER_LOGGING__FORMAT", "json")
-
-
-async def run_cli(*argv: str) -> int:
-    return await asyncio.to_thread(main, list(argv))
 
 
 @pytest.mark.asyncio
