@@ -278,12 +278,13 @@ class StreamRunner:
             return 0
         bounds = []
         for group in groups:
+            oldest = None
             if int(group["pending"]):
                 summary: Any = await self.client.xpending(self.stream, group["name"])
-                bounds.append(summary["min"].decode())
-            else:
-                # Everything up to last-delivered-id is acknowledged; keep that entry itself.
-                bounds.append(group["last-delivered-id"].decode())
+                oldest = summary["min"]  # None if all were acknowledged since XINFO
+            # With nothing pending, everything up to last-delivered-id is acknowledged; keep
+            # that entry itself.
+            bounds.append((oldest or group["last-delivered-id"]).decode())
         min_id = min(bounds, key=_id_key)
         removed: int = await self.client.xtrim(self.stream, minid=min_id, approximate=False)
         return removed
