@@ -80,6 +80,9 @@ class KindSummary(msgspec.Struct, kw_only=True):
     p99_s: float | None
     max_s: float | None
     round_trip_ms: float | None  # median round trip of the polling GETs: the resolution
+    # Seen in the answer to the first GET: the effect was there before it, the time is its
+    # round trip.
+    first_get: int = 0
     attributed: int | None = None  # event trials: changed lists that cite the viewed product
 
 
@@ -126,6 +129,7 @@ def summarise(
     seconds: Sequence[float],
     missed: int,
     round_trips: Sequence[float],
+    first_get: int = 0,
     attributed: int | None = None,
 ) -> KindSummary:
     """Percentiles (linear interpolation) of the seen trials, in seconds, and the resolution."""
@@ -143,6 +147,7 @@ def summarise(
         p99_s=p99,
         max_s=top,
         round_trip_ms=resolution,
+        first_get=first_get,
         attributed=attributed,
     )
 
@@ -185,6 +190,7 @@ class _Tally:
 
     seen: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
     missed: Counter[str] = field(default_factory=Counter)
+    first_get: Counter[str] = field(default_factory=Counter)
     round_trips: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
     attributed: int = 0
 
@@ -194,6 +200,7 @@ class _Tally:
             self.seen[kind],
             self.missed[kind],
             self.round_trips[kind],
+            self.first_get[kind],
             self.attributed if kind == EVENT else None,
         )
 
@@ -371,9 +378,11 @@ class Probe:
         at the deadline) under `kind`; the last body, or None on a miss. A failed GET shows
         nothing and the polling goes on (leaving the trial out would hide slow ones)."""
         started = time.perf_counter()
+        polls = 0
         while True:
             if self._over():
                 raise _RunEnded
+            polls += 1
             try:
                 body, seconds = await self._request(client, "GET", path)
             except _Failed:
@@ -387,6 +396,7 @@ class Probe:
                 return None
             if body is not None and shown(body):
                 tally.seen[kind].append(waited)
+                tally.first_get[kind] += polls == 1
                 return body
 
     async def _write_trial(self, original: dict[str, Any], tally: _Tally) -> None:

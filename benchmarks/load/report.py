@@ -280,6 +280,7 @@ def freshness_lines(seen: Freshness, offered_rate: float) -> list[str]:
             _seconds(kind.p99_s),
             _seconds(kind.max_s),
             "-" if kind.round_trip_ms is None else f"{kind.round_trip_ms:.1f}",
+            f"{kind.first_get:,}",
             _freshness_verdict(kind),
         ]
         for kind in seen.kinds
@@ -293,6 +294,7 @@ def freshness_lines(seen: Freshness, offered_rate: float) -> list[str]:
         "p99 s",
         "max s",
         "GET round trip ms",
+        "seen at 1st GET",
         f"p99<{TARGET_SECONDS:g}s, none missed",
     ]
     lines.append(_table(headers, rows))
@@ -305,7 +307,8 @@ def freshness_lines(seen: Freshness, offered_rate: float) -> list[str]:
         f"  {EVENT}: from the response to POST /api/v1/events (one view, a new session) to the "
         "first GET /api/v1/sessions/{id}/recommendations that differs from the one before",
         "  GETs polled back to back: each time overstates the delay by up to one GET round trip "
-        "(the median shown: the resolution)",
+        "(the median shown: the resolution); a trial seen at the first GET had its effect before "
+        "that GET, so its time is that GET's round trip",
     ]
     for kind in seen.kinds:
         if kind.attributed is not None:

@@ -41,7 +41,7 @@ def test_summarise_gives_percentiles_in_seconds_and_the_resolution_in_ms() -> No
 
 
 def test_summarise_without_a_sighting_has_no_percentiles() -> None:
-    summary = summarise(EVENT, [], missed=3, round_trips=[], attributed=0)
+    summary = summarise(EVENT, [], missed=3, round_trips=[], first_get=0, attributed=0)
 
     assert (summary.trials, summary.missed) == (3, 3)
     assert summary.p50_s is summary.p99_s is summary.max_s is summary.round_trip_ms is None
@@ -146,6 +146,8 @@ def test_the_probe_times_each_kind_and_deletes_its_copies() -> None:
     assert (kinds[WRITE].trials, kinds[WRITE].missed) == (4, 1)  # the hidden one never shows
     assert (kinds[STOCK].trials, kinds[STOCK].missed) == (3, 0)
     assert (kinds[EVENT].trials, kinds[EVENT].missed, kinds[EVENT].attributed) == (4, 0, 4)
+    # The fake shows a copy at the third GET (the first failed), a view at once.
+    assert [kinds[k].first_get for k in KINDS] == [0, 3, 4]
     assert not seen.cut_short
     # A failed poll is one that did not show the copy: the polling went on.
     assert (seen.open_at_end, seen.failed, seen.errors) == (0, 0, {"GET 503": 4})
@@ -191,7 +193,7 @@ def test_the_report_gives_a_verdict_per_kind_and_the_probe_cost() -> None:
         kinds=[
             summarise(WRITE, [0.1] * 10, 0, [0.01]),
             summarise(STOCK, [2.0] * 10, 0, [0.01]),
-            summarise(EVENT, [0.02] * 10, 1, [0.01], attributed=9),
+            summarise(EVENT, [0.02] * 10, 1, [0.01], first_get=10, attributed=9),
         ],
         trials_asked=10,
         period_s=0.2,
