@@ -17,9 +17,11 @@ import; `--data-dir` keeps an import for the next run):
    a time from one Python client, alternating a product write (until GET similar of the
    product it copies lists it, then out of stock until it no longer does) and a view event of
    a new session (until its "for you" list changes), each timed from the write's or the
-   event's response; one trial every 0.2 s at most (a few tens of requests/s), until
-   `--freshness-trials` of each or the run's end (100 of each need `--rate-duration 41`; the
-   default 15 s leaves room for about 35). Then it deletes the copies it wrote and, with
+   event's response; one trial every `--freshness-period` (0.2 s: a few tens of requests/s),
+   until `--freshness-trials` of each or the run's end (100 of each need `--rate-duration 41`;
+   the default 15 s leaves room for about 35). Its product writes void the service's cached
+   neighbour lists, which costs the mix more than its requests do: `--freshness-trials 0`
+   gives the fixed-rate figures without them. Then it deletes the copies it wrote and, with
    `--data-dir`, refits if the next run's probe could otherwise start an automatic refit
    during its load (the probe's writes count as catalog changes).
 4. For each other server in `--compare` (uvicorn with 1 worker, granian with 2), on the
@@ -87,8 +89,15 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=100,
         help="trials of each kind (write, event) the freshness probe runs during serve's "
-        "fixed-rate run, at most: one every 0.2 s until the run ends (100 of each need "
-        "--rate-duration 41); 0: no probe",
+        "fixed-rate run, at most: one every --freshness-period until the run ends (100 of each "
+        "need --rate-duration 41 at 0.2 s); 0: no probe (and no product writes in that run)",
+    )
+    option(
+        "--freshness-period",
+        type=float,
+        default=freshness.PERIOD,
+        help="seconds from one freshness trial's start to the next (write and event "
+        "alternating); longer: fewer trials, fewer product writes during the run",
     )
     option(
         "--freshness-deadline",
@@ -286,6 +295,7 @@ class Bench:
                 args.freshness_trials,
                 args.freshness_deadline,
                 args.seed,
+                period=args.freshness_period,
             )
         run = self.measure(under, "fixed rate", jobs, probe)
         if probe is not None and run.freshness is not None:

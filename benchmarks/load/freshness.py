@@ -28,9 +28,17 @@ GETs. A trial not seen within the deadline counts as missed (a failed poll is on
 show the effect); a trial still open when the run ends, or whose write or first GET failed, is
 left out and counted as such; every failed request is counted.
 
-Pace: trials start a second into the run, once wrk's connections are open, one every PERIOD
-(0.2 s; at once after a trial that took longer), so about 5 a second and a few tens of
-requests/s, and stop at the asked count or when the run ends: 100 of each need a 41 s run.
+Pace: trials start a second into the run, once wrk's connections are open, one every period
+(0.2 s by default; at once after a trial that took longer), so about 5 a second and a few tens
+of requests/s, and stop at the asked count or when the run ends: 100 of each need a 41 s run.
+
+What it costs the mix is less its requests than its product writes (a POST and a PATCH per
+write trial, about 5/s at the default pace): each write to the live index bumps the index's
+one epoch, which voids every neighbour list cached in every process, so the mix's similar and
+"for you" requests run their KNN queries again (measured at 100 requests/s offered: FT.SEARCH
+went from under 2.7 to 4.4 per request, and Redis time per request from 0.7 to 2.5 ms). The
+report counts the writes; a run with `--freshness-trials 0` gives the mix's figures without
+them.
 
 Afterwards the copies are deleted (the sessions' few view events stay, like the mix's); with a
 kept data dir the benchmark then refits if the next run's probe could otherwise start an
@@ -60,7 +68,7 @@ KINDS = (WRITE, STOCK, EVENT)
 WRITES_PER_TRIAL = 3
 TARGET_SECONDS = 1.0  # the issue's p99 target for both write and event freshness
 # A trial (write and event alternating) starts every PERIOD seconds, or at once after one that
-# took longer: a few tens of requests/s beside the rate's 1,000, which keeps it an observer.
+# took longer: a few tens of requests/s beside the rate's 1,000.
 PERIOD = 0.2
 LEAD_SECONDS = 1.0  # wait for wrk's connections to open before the first trial
 REQUEST_TIMEOUT = 30.0
@@ -98,6 +106,7 @@ class Freshness(msgspec.Struct, kw_only=True):
     seconds: float  # from the first trial's start to the last one's end
     requests: int
     rps: float
+    product_writes: int  # POST and PATCH sent: each voids every process's neighbour cache
     cpu_percent: float  # of one core, the probe's thread (part of the run's "other" CPU)
     open_at_end: int  # trials still open when the run ended: left out
     failed: int  # trials left out as their write or first GET failed (see errors)
@@ -248,6 +257,7 @@ class Probe:
         self._ends_at = 0.0
         self._version_before: int | None = None
         self._requests = 0
+        self._product_writes = 0
         self._errors: Counter[str] = Counter()
         self._left_out: Counter[type[Exception]] = Counter()
 
@@ -322,6 +332,7 @@ class Probe:
             seconds=round(busy, 2),
             requests=self._requests,
             rps=round(self._requests / busy, 1),
+            product_writes=self._product_writes,
             cpu_percent=round(100.0 * (time.thread_time() - cpu_at_start) / busy, 1),
             open_at_end=self._left_out[_RunEnded],
             failed=self._left_out[_Failed],
@@ -414,9 +425,11 @@ class Probe:
             "category": original.get("category", ""),
         }
         self.copies.append(copy)
+        self._product_writes += 1
         await self._request(client, "POST", "/api/v1/products", json=body)
         similar = f"/api/v1/products/{original['id']}/similar?k=10&min_score=0"
         if await self._poll(client, similar, lambda found: copy in listed_ids(found), WRITE, tally):
+            self._product_writes += 1
             await self._request(
                 client, "PATCH", f"/api/v1/products/{copy}", json={"in_stock": False}
             )

@@ -244,6 +244,8 @@ def _fixed_rate(run: Run) -> list[str]:
             f"  Redis per request: {_redis_cell(run)} commands/us; stream backlog at the end: "
             f"{run.backlog:,} entries, cleared {run.drain_seconds:.1f} s later"
         )
+        top = ", ".join(f"{name} {calls:g}" for name, calls in run.redis.top.items())
+        lines.append(f"  Redis calls per request: {top}")
     return lines
 
 
@@ -262,13 +264,17 @@ def _freshness_verdict(kind: KindSummary) -> str:
 def freshness_lines(seen: Freshness, offered_rate: float) -> list[str]:
     """The probe's figures per kind, what it cost the run, and what it left out."""
     share = seen.rps / offered_rate if offered_rate else 0.0
+    writes_rate = seen.product_writes / max(seen.seconds, 1e-9)
     lines = [
         "",
         f"freshness during this run: one trial at a time, one every {seen.period_s:g} s at most, "
         f"from one Python client, {seen.requests:,} requests in {seen.seconds:.1f} s = "
-        f"{seen.rps:.1f}/s "
-        f"({share:.1%} of the offered rate), its CPU {seen.cpu_percent:.0f}% of a core "
-        "(within 'other' above)",
+        f"{seen.rps:.1f}/s ({share:.1%} of the offered rate), its CPU "
+        f"{seen.cpu_percent:.0f}% of a core (within 'other' above)",
+        f"  its {seen.product_writes:,} product writes ({writes_rate:.1f}/s) each void every "
+        "process's cached neighbour lists (one epoch for the live index), so similar and "
+        "'for you' above ran more KNN queries than the mix alone would: compare a run with "
+        "--freshness-trials 0",
     ]
     rows = [
         [

@@ -149,6 +149,7 @@ def test_the_probe_times_each_kind_and_deletes_its_copies() -> None:
     # The fake shows a copy at the third GET (the first failed), a view at once.
     assert [kinds[k].first_get for k in KINDS] == [0, 3, 4]
     assert not seen.cut_short
+    assert seen.product_writes == 4 + 3  # the copies, and out of stock for those that showed
     # A failed poll is one that did not show the copy: the polling went on.
     assert (seen.open_at_end, seen.failed, seen.errors) == (0, 0, {"GET 503": 4})
     assert len(set(probe.copies)) == 4
@@ -203,6 +204,7 @@ def test_the_report_gives_a_verdict_per_kind_and_the_probe_cost() -> None:
         seconds=20.0,
         requests=400,
         rps=20.0,
+        product_writes=20,
         cpu_percent=3.0,
         open_at_end=1,
         failed=2,
@@ -216,6 +218,7 @@ def test_the_report_gives_a_verdict_per_kind_and_the_probe_cost() -> None:
     lines = text.splitlines()
     assert "one every 0.2 s at most" in text
     assert "20.0/s (2.0% of the offered rate)" in text
+    assert "its 20 product writes (1.0/s)" in text
     write, stock, event = (next(x for x in lines if x.strip().startswith(k)) for k in KINDS)
     assert write.rstrip().endswith("yes")
     assert stock.rstrip().endswith("NO")  # p99 of 2 s
