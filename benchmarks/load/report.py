@@ -317,8 +317,8 @@ def freshness_lines(seen: Freshness, offered_rate: float) -> list[str]:
         "that GET, so its time is that GET's round trip",
     ]
     for kind in seen.kinds:
-        if kind.attributed is not None:
-            changed = kind.trials - kind.missed
+        changed = kind.trials - kind.missed
+        if kind.attributed is not None and changed:
             lines.append(
                 f"  {kind.kind}: {kind.attributed} of {changed} changed lists name the viewed "
                 "product as an anchor (the others changed, e.g. with popularity, before the view "
