@@ -13,6 +13,17 @@ import; `--data-dir` keeps an import for the next run):
    the mix for 3 s; not reported); then with wrk (`benchmarks.load.workload`) `/health/live`
    and each endpoint alone at saturation, the mix at saturation, and the mix at a fixed rate
    over many connections, one wrk per endpoint so that each gets its own latency figures.
+   During that fixed-rate run, the freshness probe (`benchmarks.load.freshness`): one trial at
+   a time from one Python client, alternating a product write (until GET similar of the
+   product it copies lists it, then out of stock until it no longer does) and a view event of
+   a new session (until its "for you" list changes), each timed from the write's or the
+   event's response; one trial every `--freshness-period` (0.2 s: a few tens of requests/s),
+   until `--freshness-trials` of each or the run's end (100 of each need `--rate-duration 41`;
+   the default 15 s leaves room for about 35). Its product writes void the service's cached
+   neighbour lists, which costs the mix more than its requests do: `--freshness-trials 0`
+   gives the fixed-rate figures without them. Then it deletes the copies it wrote and, with
+   `--data-dir`, refits if the next run's probe could otherwise start an automatic refit
+   during its load (the probe's writes count as catalog changes).
 4. For each other server in `--compare` (uvicorn with 1 worker, granian with 2), on the
    same data and an embedded Redis the benchmark starts: the HTTP ceiling, the mix at
    saturation and the mix at a fixed rate.
@@ -42,7 +53,7 @@ import httpx
 import msgspec
 import redis
 
-from benchmarks.load import dataset, knn, metrics, servers, workload
+from benchmarks.load import dataset, freshness, knn, metrics, servers, workload
 from benchmarks.load.report import Report, Run, ServerInfo, render
 from benchmarks.load.servers import CpuMeter, Server, ServerKind
 from benchmarks.support import quiet_logs
@@ -73,6 +84,27 @@ def _parser() -> argparse.ArgumentParser:
     option("--rate-connections", type=int, default=1000, help="connections of that run")
     option("--rate-duration", type=float, default=15.0, help="seconds of that run")
     option("--timeout", type=float, default=5.0, help="wrk's request timeout, seconds")
+    option(
+        "--freshness-trials",
+        type=int,
+        default=100,
+        help="trials of each kind (write, event) the freshness probe runs during serve's "
+        "fixed-rate run, at most: one every --freshness-period until the run ends (100 of each "
+        "need --rate-duration 41 at 0.2 s); 0: no probe (and no product writes in that run)",
+    )
+    option(
+        "--freshness-period",
+        type=float,
+        default=freshness.PERIOD,
+        help="seconds from one freshness trial's start to the next (write and event "
+        "alternating); longer: fewer trials, fewer product writes during the run",
+    )
+    option(
+        "--freshness-deadline",
+        type=float,
+        default=5.0,
+        help="seconds a freshness trial waits for its effect before it counts as missed",
+    )
     option("--knn-tasks", type=int, default=4, help="concurrent redis-py tasks, KNN ceiling")
     option(
         "--compare",
@@ -129,13 +161,26 @@ class Bench:
         self.knn_qps = 0.0
         self.log_problems: dict[str, dict[str, int]] = {}  # server name -> its log's problems
 
-    def measure(self, under: Under, phase: str, jobs: list[workload.WrkJob]) -> Run:
+    def measure(
+        self,
+        under: Under,
+        phase: str,
+        jobs: list[workload.WrkJob],
+        probe: freshness.Probe | None = None,
+    ) -> Run:
+        """Run the wrk jobs together (and `probe` beside them) and record the figures."""
         client = redis.Redis.from_url(under.redis_url) if under.redis_url else None
         try:
             routes_before = _scrape(under.url) if under.routes and phase == "mix" else None
             commands_before = metrics.redis_commands(client) if client else None
             meter = CpuMeter(under.service_pid, under.redis_pid)
-            results, wrk_seconds = self.wrk.run(under.url, jobs)
+            if probe is not None:
+                probe.start(max(job.seconds for job in jobs))
+            try:
+                results, wrk_seconds = self.wrk.run(under.url, jobs)
+            finally:
+                if probe is not None:
+                    probe.halt()
             cpu = meter.split(wrk_seconds)
             answered = sum(result.requests for result in results)
             work = None
@@ -160,10 +205,17 @@ class Bench:
             routes=routes,
             backlog=backlog,
             drain_seconds=drain_seconds,
+            freshness=probe.result() if probe is not None else None,
         )
         self.runs.append(run)
         summary = ", ".join(f"{r.target} {r.rps:,.0f}/s p99 {r.p99_ms:.1f} ms" for r in results)
         _progress(f"{under.server} {phase}: {summary}")
+        if run.freshness is not None:
+            kinds = ", ".join(
+                f"{k.kind} {k.trials} trials p99 {k.p99_s} s, {k.missed} missed"
+                for k in run.freshness.kinds
+            )
+            _progress(f"{under.server} {phase}, freshness: {kinds}")
         return run
 
     def _drain(self, redis_url: str | None) -> tuple[int, float]:
@@ -217,7 +269,8 @@ class Bench:
         self._drain(redis_url)
 
     def suite(self, under: Under, full: bool) -> None:
-        """Per endpoint alone (`full` only), the mix at saturation, the mix at a fixed rate."""
+        """Per endpoint alone (`full` only), the mix at saturation, the mix at a fixed rate
+        (with the freshness probe beside it, `full` only)."""
         args = self.args
         self.warm_up(under.url, under.redis_url)
         if full:
@@ -234,7 +287,48 @@ class Bench:
             )
             for target, share in workload.SHARES.items()
         ]
-        self.measure(under, "fixed rate", jobs)
+        probe = None
+        if full and args.freshness_trials:
+            probe = freshness.Probe(
+                under.url,
+                self.data.products,
+                args.freshness_trials,
+                args.freshness_deadline,
+                args.seed,
+                period=args.freshness_period,
+            )
+        run = self.measure(under, "fixed rate", jobs, probe)
+        if probe is not None and run.freshness is not None:
+            self.clean_up(under, probe, run.freshness)
+
+    def clean_up(self, under: Under, probe: freshness.Probe, seen: freshness.Freshness) -> None:
+        """Delete the probe's copies. Its writes count towards the next automatic refit (a
+        minute of CPU): with a kept data dir, refit now if the next run's probe could tip it
+        over, rather than in the middle of that run's load."""
+        with httpx.Client(base_url=under.url, timeout=PATIENCE) as http:
+            seen.copies_deleted = probe.clean_up(http)
+            self._drain(under.redis_url)  # the deletes count as changes once indexed
+            model = http.get("/api/v1/admin/model").raise_for_status().json()
+            seen.changes_since_fit = changes = model["changes_since_fit"]
+            seen.refit_due_at_changes = due = model["refit_due_at_changes"]
+            next_run = freshness.WRITES_PER_TRIAL * self.args.freshness_trials
+            if self.args.data_dir is not None and changes + next_run >= due:
+                seen.refit_after_s = _refit(http)
+                self._drain(under.redis_url)
+        _progress(f"freshness probe {seen.cleanup_text()}")
+
+
+def _refit(http: httpx.Client) -> float:
+    """Seconds of one admin refit, waited for (retried while another refit holds the lock)."""
+    started = time.monotonic()
+    while True:
+        response = http.post("/api/v1/admin/model/refit", params={"wait": "true"})
+        if response.status_code != 409:
+            response.raise_for_status()
+            return round(time.monotonic() - started, 1)
+        if time.monotonic() - started > PATIENCE:
+            raise TimeoutError(f"a refit was still running after {PATIENCE:g}s")
+        time.sleep(1.0)
 
 
 def _ratio(value: float, ceiling: float | None) -> float | None:

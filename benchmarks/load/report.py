@@ -3,6 +3,14 @@
 import msgspec
 
 from benchmarks.load.dataset import ImportReport
+from benchmarks.load.freshness import (
+    EVENT,
+    STOCK,
+    TARGET_SECONDS,
+    WRITE,
+    Freshness,
+    KindSummary,
+)
 from benchmarks.load.knn import KnnCeiling
 from benchmarks.load.metrics import RedisWork, RouteLatency
 from benchmarks.load.servers import CpuSplit
@@ -26,6 +34,7 @@ class Run(msgspec.Struct, kw_only=True):
     routes: list[RouteLatency] = []  # server-side, from /metrics (single-process servers)
     backlog: int = 0  # stream entries the consumers had still to process when the run ended
     drain_seconds: float = 0.0  # how long they then took (the next run waited for it)
+    freshness: Freshness | None = None  # what the freshness probe saw during the run
 
 
 class ServerInfo(msgspec.Struct, kw_only=True):
@@ -235,6 +244,102 @@ def _fixed_rate(run: Run) -> list[str]:
             f"  Redis per request: {_redis_cell(run)} commands/us; stream backlog at the end: "
             f"{run.backlog:,} entries, cleared {run.drain_seconds:.1f} s later"
         )
+        top = ", ".join(f"{name} {calls:g}" for name, calls in run.redis.top.items())
+        lines.append(f"  Redis calls per request: {top}")
+    return lines
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _freshness_verdict(kind: KindSummary) -> str:
+    if not kind.trials:
+        return "-: no trial"
+    if kind.p99_s is None:
+        return "NO: never seen"
+    return "yes" if kind.p99_s < TARGET_SECONDS and not kind.missed else "NO"
+
+
+def freshness_lines(seen: Freshness, offered_rate: float) -> list[str]:
+    """The probe's figures per kind, what it cost the run, and what it left out."""
+    share = seen.rps / offered_rate if offered_rate else 0.0
+    writes_rate = seen.product_writes / max(seen.seconds, 1e-9)
+    lines = [
+        "",
+        f"freshness during this run: one trial at a time, one every {seen.period_s:g} s at most, "
+        f"from one Python client, {seen.requests:,} requests in {seen.seconds:.1f} s = "
+        f"{seen.rps:.1f}/s ({share:.1%} of the offered rate), its CPU "
+        f"{seen.cpu_percent:.0f}% of a core (within 'other' above)",
+        f"  its {seen.product_writes:,} product writes ({writes_rate:.1f}/s) each void every "
+        "process's cached neighbour lists (one epoch for the live index), so similar and "
+        "'for you' above ran more KNN queries than the mix alone would: compare a run with "
+        "--freshness-trials 0",
+    ]
+    rows = [
+        [
+            kind.kind,
+            f"{kind.trials:,}",
+            f"{kind.missed:,}",
+            _seconds(kind.p50_s),
+            _seconds(kind.p95_s),
+            _seconds(kind.p99_s),
+            _seconds(kind.max_s),
+            "-" if kind.round_trip_ms is None else f"{kind.round_trip_ms:.1f}",
+            f"{kind.first_get:,}",
+            _freshness_verdict(kind),
+        ]
+        for kind in seen.kinds
+    ]
+    headers = [
+        "kind",
+        "trials",
+        f"missed (>{seen.deadline_s:g} s)",
+        "p50 s",
+        "p95 s",
+        "p99 s",
+        "max s",
+        "GET round trip ms",
+        "seen at 1st GET",
+        f"p99<{TARGET_SECONDS:g}s, none missed",
+    ]
+    lines.append(_table(headers, rows))
+    lines += [
+        f"  {WRITE}: from the response to POST /api/v1/products of a copy of a product's text "
+        "(new id) to the first GET /api/v1/products/{original}/similar?k=10&min_score=0 "
+        "listing the copy",
+        f"  {STOCK}: from the response to PATCH in_stock=false on that copy to the first such "
+        "GET without it",
+        f"  {EVENT}: from the response to POST /api/v1/events (one view, a new session) to the "
+        "first GET /api/v1/sessions/{id}/recommendations that differs from the one before",
+        "  GETs polled back to back: each time overstates the delay by up to one GET round trip "
+        "(the median shown: the resolution); a trial seen at the first GET had its effect before "
+        "that GET, so its time is that GET's round trip",
+    ]
+    for kind in seen.kinds:
+        changed = kind.trials - kind.missed
+        if kind.attributed is not None and changed:
+            lines.append(
+                f"  {kind.kind}: {kind.attributed} of {changed} changed lists name the viewed "
+                "product as an anchor (the others changed, e.g. with popularity, before the view "
+                "showed)"
+            )
+    notes = []
+    if seen.cut_short:
+        notes.append(
+            f"fewer trials than the {seen.trials_asked} asked: the run ended first (they need "
+            f"--rate-duration {seen.seconds_needed:g} or more, longer if the service is slow)"
+        )
+    if seen.open_at_end:
+        notes.append(f"{seen.open_at_end} trial(s) left out: still open when the run ended")
+    if seen.failed:
+        notes.append(f"{seen.failed} trial(s) left out: their write or first GET failed")
+    if seen.errors:
+        notes.append("failed requests: " + ", ".join(f"{k} x {v}" for k, v in seen.errors.items()))
+    if seen.refit_during:
+        notes.append("WARNING: the live model changed (a refit) while the probe ran")
+    notes.append(seen.cleanup_text())
+    lines += [f"  {note}" for note in notes]
     return lines
 
 
@@ -317,6 +422,8 @@ def render(report: Report) -> str:
                 "one wrk per target",
             ]
             lines += _fixed_rate(run)
+            if run.freshness is not None:
+                lines += freshness_lines(run.freshness, float(str(opts["rate"])))
     lines += ["", "-" * 100, "Servers compared (same data, same wrk settings)"]
     rows = []
     for server in report.servers:
