@@ -72,6 +72,24 @@ async def test_late_write_of_a_deleted_product_removes_its_vector(
 
 
 @pytest.mark.asyncio
+async def test_a_write_of_more_than_one_round_trip_answers_every_product_in_order(
+    services: Services,
+) -> None:
+    ids = [f"p{i:03d}" for i in range(250)]
+    await services.catalog.upsert_batch([{"id": i, "name": f"Product {i}"} for i in ids])
+    products = [p for p in await services.catalog.get_many(ids) if p is not None]
+    await services.catalog.delete("p240")  # its late write takes the vector document with it
+    index = services.vectors.index
+    await index.create(1)
+    vectors = np.random.default_rng(0).random((len(products), 384), dtype=np.float32)
+
+    written = await index.write(1, services.catalog.product_key, products, vectors, live=False)
+
+    assert written == [1] * 240 + [-1] + [1] * 9
+    assert await index.indexed_versions(1, ["p000", "p199", "p240", "p249"]) == [1, 1, None, 1]
+
+
+@pytest.mark.asyncio
 async def test_redelivered_events_are_harmless(services: Services, drain: Drain) -> None:
     await add(services, "Red wool scarf", "Blue wool scarf")
     await drain()
