@@ -208,3 +208,11 @@ async def test_a_text_with_no_known_term_leaves_the_vector_index(
     neighbours = await services.vectors.neighbours("p0", 10)
     assert neighbours is not None
     assert "p2" not in [n.product_id for n in neighbours]
+
+
+@pytest.mark.asyncio
+async def test_a_stopped_service_starts_no_refit(services: Services, drain: Drain) -> None:
+    await services.vectors.stop()  # as the app's shutdown does, before the last batch ends
+    await add(services, "Red wool scarf")
+    await drain()  # the first products would start a refit
+    assert (await services.vectors.store.state()).live is None
