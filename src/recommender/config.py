@@ -164,8 +164,12 @@ class TrackingSettings(Setting, frozen=True):
     cooccurrence_top_n: Annotated[int, Meta(ge=1, le=10_000)] = 100
     # Co-view and co-cart pair a product with the shopper's last this-many products...
     cooccurrence_window: Annotated[int, Meta(ge=1, le=100)] = 10
-    # ...seen within this long of each other (as the window expires).
+    # ...seen within this long of it (event time). A pair counts once while both stay in.
     cooccurrence_window_seconds: Annotated[int, Meta(ge=60)] = 86400
+    # Co-purchase pairs a product with the shopper's last this-many products bought within
+    # this many days of it, in the same order or not.
+    co_purchase_window: Annotated[int, Meta(ge=1, le=100)] = 10
+    co_purchase_window_days: PositiveSeconds = 90.0
     # A shopper's purchases decay with this half-life for buy-again (frequency and recency).
     bought_half_life_days: PositiveSeconds = 180.0
     weights: EventWeights = msgspec.field(default_factory=EventWeights)
