@@ -116,6 +116,17 @@ class RecommendSettings(Setting, frozen=True):
     popularity_weight: Annotated[float, Meta(ge=0)] = 0.02
     # The shopper's own repeat purchases, when purchases are not excluded.
     buy_again_weight: Annotated[float, Meta(ge=0)] = 2.0
+    # What the history leads to is multiplied by (its weighted events over the last this many
+    # days as a share of the best seller's + floor): of the products a history points to, those
+    # selling now come first, yet one that does not sell keeps floor / (1 + floor) of a best
+    # seller's weight (a third at 0.5)...
+    selling_now_days: Annotated[int, Meta(ge=1, le=365)] = 7
+    selling_now_floor: Annotated[float, Meta(gt=0)] = 0.5
+    # ...counting this many best sellers (of the shopper's favourite category); the rest count
+    # as not selling...
+    selling_now_depth: Annotated[int, Meta(ge=1, le=10_000)] = 1000
+    # ...read by each process at most this often per category (they count days).
+    selling_now_cache_seconds: Annotated[float, Meta(ge=0, le=3600)] = 10.0
     # No category may fill more than this share of a list unless the request filters to it.
     max_category_share: Annotated[float, Meta(gt=0, le=1)] = 0.5
 
@@ -216,6 +227,11 @@ class Settings(Setting, frozen=True):
         # A blocking stream read that outlasts the socket timeout would look like a dead server.
         if self.streams.block_ms >= self.redis.socket_timeout_seconds * 1000:
             raise ValueError("streams.block_ms must be shorter than redis.socket_timeout_seconds")
+        # Older day buckets are dropped: a longer window would quietly count fewer days.
+        if self.recommend.selling_now_days > self.tracking.popularity_max_days:
+            raise ValueError(
+                "recommend.selling_now_days must be at most tracking.popularity_max_days"
+            )
 
 
 def load_settings(

@@ -1,7 +1,8 @@
 """Read surfaces over the catalog's vectors: similar products, hybrid search, autocomplete."""
 
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,13 +27,8 @@ SearchMode = Literal["hybrid", "bm25", "vector"]
 
 # Autocomplete needs a prefix RediSearch will expand (its minimum prefix is 2 characters).
 _MIN_PREFIX = 2
-# "For you" multiplies what the shopper's history leads to (neighbours and repeat purchases) by
-# (its sales as a share of the best seller's + this floor): of the products a history points
-# to, those selling now come first, yet one that does not sell keeps a third of a best seller's
-# weight. Chosen with `recommender evaluate recommendations` on the Online Retail history.
-_SELLING_NOW_FLOOR = 0.5
-# Best sellers read for that; products past them count as not selling.
-_SELLING_NOW_DEPTH = 1000
+# Categories whose best sellers one process keeps at once (the least recently read go first).
+_SELLING_NOW_CATEGORIES = 1000
 
 
 def new_rec_id() -> str:
@@ -52,6 +48,43 @@ class _Fused:
     matched: Literal["text", "vector", "text+vector"]
 
 
+Ranked = list[tuple[str, float]]
+
+
+class SellingNow:
+    """Each category's best sellers of the popularity window, as shares of the top one.
+
+    Read at most once per `seconds` per category and process: the window counts days, so a few
+    seconds change nothing, and a request does not read a thousand best sellers of its own.
+    At most `categories` are kept; the least recently read is dropped first.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[str], Awaitable[Ranked]],
+        seconds: float,
+        categories: int = _SELLING_NOW_CATEGORIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read = read
+        self._seconds = seconds
+        self._categories = categories
+        self._clock = clock
+        self._cached: dict[str, tuple[float, Ranked, dict[str, float]]] = {}
+
+    async def get(self, category: str) -> tuple[Ranked, dict[str, float]]:
+        """The best sellers, best first, and the same as a mapping."""
+        now = self._clock()
+        cached = self._cached.pop(category, None)
+        if cached is None or now >= cached[0]:
+            ranked = await self._read(category)
+            cached = (now + self._seconds, ranked, dict(ranked))
+        self._cached[category] = cached  # last in the order: the most recently read
+        while len(self._cached) > self._categories:
+            del self._cached[next(iter(self._cached))]
+        return cached[1], cached[2]
+
+
 class RecommendService:
     def __init__(
         self,
@@ -66,6 +99,12 @@ class RecommendService:
         self.settings = settings.recommend
         self.search_settings = settings.search
         self.popular_days = settings.tracking.popularity_default_days
+        self.selling_now = SellingNow(
+            lambda category: tracking.popular(
+                self.settings.selling_now_days, category, self.settings.selling_now_depth
+            ),
+            self.settings.selling_now_cache_seconds,
+        )
 
     async def similar(
         self, product_id: str, k: int, filters: Filters, min_score: float | None = None
@@ -175,9 +214,9 @@ class RecommendService:
                 blend.add(product_id, self.settings.buy_again_weight * weight,
                           Reason(strategy="buy_again"))  # fmt: skip
         category = filters.category or await self._favourite_category(anchors)
-        popular = await self.tracking.popular(self.popular_days, category, _SELLING_NOW_DEPTH)
-        selling = dict(popular)
-        blend.scale(lambda product_id: selling.get(product_id, 0.0) + _SELLING_NOW_FLOOR)
+        popular, selling = await self.selling_now.get(category)
+        floor = self.settings.selling_now_floor
+        blend.scale(lambda product_id: selling.get(product_id, 0.0) + floor)
         for product_id, weight in popular[: k * 3]:
             blend.add(product_id, self.settings.popularity_weight * weight,
                       Reason(strategy="popular"))  # fmt: skip
