@@ -103,14 +103,20 @@ class RecommendSettings(Setting, frozen=True):
     # Similar products below this cosine are left out unless the request says otherwise.
     similar_min_score: Annotated[float, Meta(ge=-1, le=1)] = 0.1
     # "For you" starts from this many of the shopper's recent products (by weight)...
-    anchors: Annotated[int, Meta(ge=1, le=100)] = 40
+    anchors: Annotated[int, Meta(ge=1, le=100)] = 100
     # ...weighted by event type (tracking.weights) and by age, halving every this many days.
-    recency_half_life_days: PositiveSeconds = 30.0
-    # Candidates each anchor brings from each source.
+    recency_half_life_days: PositiveSeconds = 90.0
+    # The strongest this many anchors bring their co-purchased, co-viewed and co-carted
+    # products (one sorted-set read each, per kind) and name the favourite category...
+    co_occurrence_anchors: Annotated[int, Meta(ge=1, le=100)] = 10
+    # ...this many each, per kind.
     neighbours_per_anchor: Annotated[int, Meta(ge=1, le=500)] = 30
+    # Every anchor brings its content-similar products through one vector query: the products
+    # nearest the anchors' weighted vectors, this many.
+    content_candidates: Annotated[int, Meta(ge=1, le=1000)] = 300
     # How much each source counts in the blend.
     content_weight: Annotated[float, Meta(ge=0)] = 1.0
-    co_purchase_weight: Annotated[float, Meta(ge=0)] = 0.25
+    co_purchase_weight: Annotated[float, Meta(ge=0)] = 0.5
     co_view_weight: Annotated[float, Meta(ge=0)] = 0.125
     co_cart_weight: Annotated[float, Meta(ge=0)] = 0.175
     popularity_weight: Annotated[float, Meta(ge=0)] = 0.02
@@ -119,9 +125,9 @@ class RecommendSettings(Setting, frozen=True):
     # What the history leads to is multiplied by (its weighted events over the last this many
     # days as a share of the best seller's + floor): of the products a history points to, those
     # selling now come first, yet one that does not sell keeps floor / (1 + floor) of a best
-    # seller's weight (a third at 0.5)...
-    selling_now_days: Annotated[int, Meta(ge=1, le=365)] = 7
-    selling_now_floor: Annotated[float, Meta(gt=0)] = 0.5
+    # seller's weight (a fifth at 0.25)...
+    selling_now_days: Annotated[int, Meta(ge=1, le=365)] = 14
+    selling_now_floor: Annotated[float, Meta(gt=0)] = 0.25
     # ...counting this many best sellers (of the shopper's favourite category); the rest count
     # as not selling...
     selling_now_depth: Annotated[int, Meta(ge=1, le=10_000)] = 1000

@@ -71,6 +71,12 @@ async def test_for_you_follows_the_recent_view(client: AsyncTestClient, drain: D
     assert first["reason"]["anchor_event"] == "view"
     assert first["reason"]["strategy"] == "co_purchased"
     assert len(response.json()["rec_id"]) == 32
+    # Content neighbours come from one query for all anchors; each still names its anchor.
+    similar = [item["reason"] for item in response.json()["items"]
+               if item["reason"]["strategy"] == "similar"]  # fmt: skip
+    assert similar
+    assert all(r == {"strategy": "similar", "anchor": "tent", "anchor_event": "view"}
+               for r in similar)  # fmt: skip
 
 
 @pytest.mark.asyncio
