@@ -81,6 +81,10 @@ def test_config_file_comes_from_environment_variable(tmp_path: Path) -> None:
             {"RECOMMENDER_STREAMS__BLOCK_MS": "5000"},
             "streams.block_ms must be shorter than redis.socket_timeout_seconds",
         ),
+        (
+            {"RECOMMENDER_RECOMMEND__SELLING_NOW_DAYS": "120"},
+            "recommend.selling_now_days must be at most tracking.popularity_max_days",
+        ),
     ],
 )
 def test_bad_values_name_the_key_and_the_rule(environ: dict[str, str], message: str) -> None:

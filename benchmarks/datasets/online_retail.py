@@ -1,8 +1,10 @@
 """Convert the UCI "Online Retail" invoice lines into a catalog and a purchase-event log.
 
 Products are stock codes (name = most frequent description, price = median unit price in GBP);
-events are the purchased invoice lines of known customers. Cancellations, returns, zero-priced
-lines and fee codes (POST, DOT, M, ...) are dropped. Reads the shared, read-only data in place.
+events are the purchased invoice lines of known customers, each with a stable event_id (invoice
+number and the line's position in the invoice), so importing the file twice counts each once.
+Cancellations, returns, zero-priced lines and fee codes (POST, DOT, M, ...) are dropped. Reads
+the shared, read-only data in place.
 
     python -m benchmarks.datasets.online_retail OUT_DIR [--source PATH]
 """
@@ -22,6 +24,7 @@ from benchmarks.datasets.catalog import DATA_DIR, NAME_MAX, Product, write_produ
 
 SOURCE = DATA_DIR / "online-retail" / "online-retail-2010-12-to-2011-09.csv.gz"
 EVENT_FIELDS = (
+    "event_id",
     "timestamp",
     "user_id",
     "session_id",
@@ -61,6 +64,11 @@ def product_code(raw: str) -> str | None:
     return code.upper() if _PRODUCT_CODE.match(code) else None
 
 
+def event_id(invoice: str, line: int) -> str:
+    """The id of an invoice's `line`-th row (1-based, counting every row of the source)."""
+    return f"{invoice}:{line}"
+
+
 def to_timestamp(raw: str) -> str:
     """ISO 8601 UTC timestamp for an InvoiceDate ("2011-01-04 10:00:00" -> "...T10:00:00Z")."""
     return datetime.fromisoformat(raw).isoformat() + "Z"
@@ -70,9 +78,12 @@ def convert(source: Path, out_dir: Path) -> Summary:
     """Write OUT_DIR/products.jsonl and OUT_DIR/events.csv from the Online Retail invoice lines."""
     names: defaultdict[str, Counter[str]] = defaultdict(Counter)  # code -> description counts
     prices: defaultdict[str, list[Decimal]] = defaultdict(list)  # code -> unit prices
-    events: list[tuple[str, str, str, str, str, str, str, str]] = []
+    events: list[tuple[str, str, str, str, str, str, str, str, str]] = []
+    lines: Counter[str] = Counter()  # invoice -> rows seen so far
     with gzip.open(source, "rt", encoding="utf-8", newline="") as handle:
         for row in csv.DictReader(handle):
+            # Counted before any row is dropped: an id never depends on the filters below.
+            lines[row["InvoiceNo"]] += 1
             code = product_code(row["StockCode"])
             quantity = int(row["Quantity"])
             price = Decimal(row["UnitPrice"])
@@ -84,6 +95,7 @@ def convert(source: Path, out_dir: Path) -> Summary:
             if customer := row["CustomerID"].strip():
                 events.append(
                     (
+                        event_id(row["InvoiceNo"], lines[row["InvoiceNo"]]),
                         to_timestamp(row["InvoiceDate"]),
                         str(int(Decimal(customer))),  # "17850.0" -> "17850"
                         "",
@@ -111,7 +123,7 @@ def convert(source: Path, out_dir: Path) -> Summary:
     products = write_products(out_dir / "products.jsonl", catalog)
     # Events must point at catalog products, so lines of description-less codes go too.
     known = {product.id for product in catalog}
-    events = sorted((event for event in events if event[4] in known), key=lambda event: event[0])
+    events = sorted((event for event in events if event[5] in known), key=lambda event: event[1])
     with (out_dir / "events.csv").open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(EVENT_FIELDS)
@@ -119,10 +131,10 @@ def convert(source: Path, out_dir: Path) -> Summary:
     return Summary(
         products=products,
         events=len(events),
-        users=len({event[1] for event in events}),
-        orders=len({event[5] for event in events}),
-        first_timestamp=events[0][0] if events else "",
-        last_timestamp=events[-1][0] if events else "",
+        users=len({event[2] for event in events}),
+        orders=len({event[6] for event in events}),
+        first_timestamp=events[0][1] if events else "",
+        last_timestamp=events[-1][1] if events else "",
     )
 
 

@@ -112,19 +112,36 @@ class RecommendSettings(Setting, frozen=True):
     # Similar products below this cosine are left out unless the request says otherwise.
     similar_min_score: Annotated[float, Meta(ge=-1, le=1)] = 0.1
     # "For you" starts from this many of the shopper's recent products (by weight)...
-    anchors: Annotated[int, Meta(ge=1, le=100)] = 40
+    anchors: Annotated[int, Meta(ge=1, le=100)] = 100
     # ...weighted by event type (tracking.weights) and by age, halving every this many days.
-    recency_half_life_days: PositiveSeconds = 30.0
-    # Candidates each anchor brings from each source.
+    recency_half_life_days: PositiveSeconds = 90.0
+    # The strongest this many anchors bring their co-purchased, co-viewed and co-carted
+    # products (one sorted-set read each, per kind) and name the favourite category...
+    co_occurrence_anchors: Annotated[int, Meta(ge=1, le=100)] = 10
+    # ...this many each, per kind.
     neighbours_per_anchor: Annotated[int, Meta(ge=1, le=500)] = 30
+    # Every anchor brings its content-similar products through one vector query: the products
+    # nearest the anchors' weighted vectors, this many.
+    content_candidates: Annotated[int, Meta(ge=1, le=1000)] = 300
     # How much each source counts in the blend.
     content_weight: Annotated[float, Meta(ge=0)] = 1.0
-    co_purchase_weight: Annotated[float, Meta(ge=0)] = 0.25
+    co_purchase_weight: Annotated[float, Meta(ge=0)] = 0.5
     co_view_weight: Annotated[float, Meta(ge=0)] = 0.125
     co_cart_weight: Annotated[float, Meta(ge=0)] = 0.175
     popularity_weight: Annotated[float, Meta(ge=0)] = 0.02
     # The shopper's own repeat purchases, when purchases are not excluded.
     buy_again_weight: Annotated[float, Meta(ge=0)] = 2.0
+    # What the history leads to is multiplied by (its weighted events over the last this many
+    # days as a share of the best seller's + floor): of the products a history points to, those
+    # selling now come first, yet one that does not sell keeps floor / (1 + floor) of a best
+    # seller's weight (a fifth at 0.25)...
+    selling_now_days: Annotated[int, Meta(ge=1, le=365)] = 14
+    selling_now_floor: Annotated[float, Meta(gt=0)] = 0.25
+    # ...counting this many best sellers (of the shopper's favourite category); the rest count
+    # as not selling...
+    selling_now_depth: Annotated[int, Meta(ge=1, le=10_000)] = 1000
+    # ...read by each process at most this often per category (they count days).
+    selling_now_cache_seconds: Annotated[float, Meta(ge=0, le=3600)] = 10.0
     # No category may fill more than this share of a list unless the request filters to it.
     max_category_share: Annotated[float, Meta(gt=0, le=1)] = 0.5
 
@@ -177,8 +194,12 @@ class TrackingSettings(Setting, frozen=True):
     cooccurrence_top_n: Annotated[int, Meta(ge=1, le=10_000)] = 100
     # Co-view and co-cart pair a product with the shopper's last this-many products...
     cooccurrence_window: Annotated[int, Meta(ge=1, le=100)] = 10
-    # ...seen within this long of each other (as the window expires).
+    # ...seen within this long of it (event time). A pair counts once while both stay in.
     cooccurrence_window_seconds: Annotated[int, Meta(ge=60)] = 86400
+    # Co-purchase pairs a product with the shopper's last this-many products bought within
+    # this many days of it, in the same order or not.
+    co_purchase_window: Annotated[int, Meta(ge=1, le=100)] = 10
+    co_purchase_window_days: PositiveSeconds = 90.0
     # A shopper's purchases decay with this half-life for buy-again (frequency and recency).
     bought_half_life_days: PositiveSeconds = 180.0
     weights: EventWeights = msgspec.field(default_factory=EventWeights)
@@ -225,6 +246,11 @@ class Settings(Setting, frozen=True):
         # A blocking stream read that outlasts the socket timeout would look like a dead server.
         if self.streams.block_ms >= self.redis.socket_timeout_seconds * 1000:
             raise ValueError("streams.block_ms must be shorter than redis.socket_timeout_seconds")
+        # Older day buckets are dropped: a longer window would quietly count fewer days.
+        if self.recommend.selling_now_days > self.tracking.popularity_max_days:
+            raise ValueError(
+                "recommend.selling_now_days must be at most tracking.popularity_max_days"
+            )
 
 
 def load_settings(

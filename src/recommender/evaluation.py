@@ -78,7 +78,7 @@ DAY = 86400.0
 POPULAR_DAYS = 30
 # "For you" lists asked for concurrently: Redis works on some while Python blends others.
 _LISTS_AT_ONCE = 8
-# Connections one list holds at once besides its anchors' vector queries (a margin).
+# Connections one list holds at once ("for you" runs up to three reads side by side; a margin).
 _CONNECTIONS_PER_LIST = 4
 
 # query -> product id -> grade
@@ -722,11 +722,10 @@ class _Run:
 def _evaluation_settings(settings: Settings) -> Settings:
     """No background refit while indexing: it would only compete with the final one for CPU.
 
-    And connections for the lists asked at once: "for you" queries every anchor's content
-    neighbours at the same time, each on a connection of its own.
+    And connections for the lists asked at once, each on connections of its own.
     """
     vectors = msgspec.structs.replace(settings.vectors, refit_min_interval_seconds=math.inf)
-    wanted = _LISTS_AT_ONCE * (settings.recommend.anchors + _CONNECTIONS_PER_LIST)
+    wanted = _LISTS_AT_ONCE * _CONNECTIONS_PER_LIST
     redis = msgspec.structs.replace(
         settings.redis, max_connections=max(settings.redis.max_connections, wanted)
     )

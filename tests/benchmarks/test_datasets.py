@@ -3,12 +3,18 @@
 import csv
 import gzip
 import hashlib
+import io
 from pathlib import Path
 
 import msgspec
 import pytest
 from benchmarks.datasets import crowdflower, online_retail
 from benchmarks.datasets.catalog import Product
+
+from recommender.config import Settings
+from recommender.importing import Progress, import_events_into_redis, read_event_csv
+from recommender.services import Services
+from recommender.tracking import Shopper
 
 CROWDFLOWER_HEADER = [
     "id",
@@ -226,13 +232,49 @@ def test_online_retail_convert(tmp_path: Path) -> None:
         '"currency":"GBP"}',
     ]
     assert (out_dir / "events.csv").read_text(encoding="utf-8") == (
-        "timestamp,user_id,session_id,type,product_id,order_id,quantity,price\n"
-        "2010-12-01T08:26:00Z,17850,,purchase,85123A,536365,6,2.55\n"
-        "2010-12-01T08:26:00Z,17850,,purchase,71053,536365,6,3.39\n"
-        "2010-12-01T12:00:00Z,14000,,purchase,22632,536383,6,2.10\n"
-        "2010-12-02T11:00:00Z,13047,,purchase,22632,536382,12,1.85\n"
+        "event_id,timestamp,user_id,session_id,type,product_id,order_id,quantity,price\n"
+        "536365:1,2010-12-01T08:26:00Z,17850,,purchase,85123A,536365,6,2.55\n"
+        "536365:2,2010-12-01T08:26:00Z,17850,,purchase,71053,536365,6,3.39\n"
+        "536383:1,2010-12-01T12:00:00Z,14000,,purchase,22632,536383,6,2.10\n"
+        "536382:1,2010-12-02T11:00:00Z,13047,,purchase,22632,536382,12,1.85\n"
     )
     assert len(read_products(out_dir / "products.jsonl")) == 3
+
+
+def retail_row(invoice: str, code: str, customer: str = "17850.0") -> list[str]:
+    return [invoice, code, f"ITEM {code}", "1", "2011-01-04 10:00:00", "1.00", customer, "UK"]
+
+
+@pytest.mark.asyncio
+async def test_online_retail_events_import_twice_count_once(
+    tmp_path: Path, settings: Settings, services: Services
+) -> None:
+    source = write_gzip_csv(
+        tmp_path / "retail.csv.gz",
+        RETAIL_HEADER,
+        [
+            retail_row("536365", "POST"),  # dropped, yet it is the invoice's first line
+            retail_row("536365", "10002"),
+            retail_row("536365", "10002"),  # the same product twice: two lines, two events
+            retail_row("536366", "10003", customer=""),  # a guest: no event
+            retail_row("536366", "10002", customer="12346.0"),
+        ],
+    )
+    online_retail.convert(source, tmp_path / "a")
+    online_retail.convert(source, tmp_path / "b")
+    events = (tmp_path / "a" / "events.csv").read_text(encoding="utf-8")
+    assert events == (tmp_path / "b" / "events.csv").read_text(encoding="utf-8")
+    with (tmp_path / "a" / "events.csv").open(encoding="utf-8", newline="") as handle:
+        ids = [row["event_id"] for row in csv.DictReader(handle)]
+    assert ids == ["536365:2", "536365:3", "536366:2"]
+
+    for expected in ((3, 0), (0, 3)):
+        with (tmp_path / "a" / "events.csv").open("rb") as handle:
+            summary = await import_events_into_redis(
+                read_event_csv(handle), settings, 500, Progress(io.StringIO())
+            )
+        assert (summary.imported, summary.duplicates) == expected
+    assert len(await services.tracking.history(Shopper("user", "17850"))) == 2
 
 
 def test_online_retail_main_prints_summary(

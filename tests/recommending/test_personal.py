@@ -3,10 +3,18 @@
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
+import redis.asyncio as aioredis
 from litestar.testing import AsyncTestClient
 
 from conftest import Drain
+from recommender.config import Settings
+from recommender.platform.redis import Keyspace
+from recommender.recommending.service import SellingNow
+from recommender.services import Services, build_services
+from recommender.tracking import Shopper
+from recommender.vectors import Filters
 
 T0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
 
@@ -63,6 +71,12 @@ async def test_for_you_follows_the_recent_view(client: AsyncTestClient, drain: D
     assert first["reason"]["anchor_event"] == "view"
     assert first["reason"]["strategy"] == "co_purchased"
     assert len(response.json()["rec_id"]) == 32
+    # Content neighbours come from one query for all anchors; each still names its anchor.
+    similar = [item["reason"] for item in response.json()["items"]
+               if item["reason"]["strategy"] == "similar"]  # fmt: skip
+    assert similar
+    assert all(r == {"strategy": "similar", "anchor": "tent", "anchor_event": "view"}
+               for r in similar)  # fmt: skip
 
 
 @pytest.mark.asyncio
@@ -155,3 +169,74 @@ async def test_popular_and_trending_by_category(client: AsyncTestClient, drain: 
     kitchen = await client.get("/api/v1/categories/Home/trending")
     assert ids(kitchen)[0] == "mug"
     assert set(ids(kitchen)) <= {"mug", "kettle", "lamp"}
+
+
+def bought(shopper: str, product: str, days: float) -> dict[str, Any]:
+    return {"type": "purchase", "user_id": shopper, "product_id": product,
+            "timestamp": (T0 + timedelta(days=days)).isoformat()}  # fmt: skip
+
+
+def with_recommend(settings: Settings, **changes: Any) -> Settings:
+    recommend = msgspec.structs.replace(settings.recommend, **changes)
+    return msgspec.structs.replace(settings, recommend=recommend)
+
+
+@pytest.mark.asyncio
+async def test_what_sells_now_comes_first_by_the_floor_setting(
+    services: Services, drain: Drain, redis: "aioredis.Redis", settings: Settings
+) -> None:
+    await services.catalog.upsert_batch(
+        [{"id": p, "name": f"Item {p}"} for p in ("anchor", "usual", "selling")]
+    )
+    await services.tracking.record([
+        # Two months ago two shoppers bought the anchor with "usual": its closest neighbour.
+        *[bought(f"old{i}", p, -60) for i in range(2) for p in ("anchor", "usual")],
+        # Yesterday "selling" sold to four shoppers, then to one who bought the anchor too.
+        *[bought(f"fan{i}", "selling", -1) for i in range(4)],
+        bought("new", "anchor", -1), bought("new", "selling", -1),
+        {"type": "view", "user_id": "shopper", "product_id": "anchor",
+         "timestamp": T0.isoformat()},
+    ])  # fmt: skip
+    await drain()
+    scores: dict[float, dict[str, float]] = {}
+    for floor in (0.5, 2.0):
+        only_co_purchase = with_recommend(
+            settings, selling_now_floor=floor, content_weight=0.0, popularity_weight=0.0
+        )
+        recommend = build_services(
+            redis, Keyspace(settings.redis.namespace), only_co_purchase
+        ).recommend
+        found = await recommend.for_you(Shopper("user", "shopper"), 5, Filters(in_stock=None))
+        scores[floor] = {item.id: item.score for item in found.items}
+    # Neighbour score x (share of the best seller's recent sales + floor): "selling" (the
+    # best seller, 1 + floor) against "usual" (no recent sales, floor alone).
+    assert list(scores[0.5]) == ["selling", "usual"]  # x 1.5 against x 0.5
+    assert list(scores[2.0]) == ["usual", "selling"]  # x 3 against x 2
+    ratio = {floor: s["selling"] / s["usual"] for floor, s in scores.items()}
+    assert ratio[0.5] / ratio[2.0] == pytest.approx((1.5 / 0.5) / (3.0 / 2.0), rel=1e-4)
+
+
+@pytest.mark.asyncio
+async def test_selling_now_is_read_once_per_period_and_category() -> None:
+    reads: list[str] = []
+    now = [0.0]
+
+    async def read(category: str) -> list[tuple[str, float]]:
+        reads.append(category)
+        return [(f"best-{category}", 1.0), ("other", 0.5)]
+
+    selling = SellingNow(read, seconds=10.0, categories=2, clock=lambda: now[0])
+    assert await selling.get("a") == ([("best-a", 1.0), ("other", 0.5)],
+                                      {"best-a": 1.0, "other": 0.5})  # fmt: skip
+    now[0] = 9.9
+    await selling.get("a")
+    assert reads == ["a"]  # still fresh
+    now[0] = 10.0
+    await selling.get("a")
+    assert reads == ["a", "a"]  # read again once the period is over
+    await selling.get("b")
+    await selling.get("a")  # "a" was used last, so a third category pushes "b" out
+    await selling.get("c")
+    await selling.get("a")
+    await selling.get("b")
+    assert reads == ["a", "a", "b", "c", "b"]

@@ -3,12 +3,15 @@
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from litestar.testing import AsyncTestClient
 
 from conftest import Drain
-from recommender.services import Services
+from recommender.config import Settings
+from recommender.platform.redis import Keyspace
+from recommender.services import Services, build_services
 from recommender.tracking import Shopper
 
 T0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
@@ -200,3 +203,91 @@ async def test_trending_prefers_what_rises_now(
     # Over the last 7 days (of event time) only the new one counts; over 60 both do.
     assert [p for p, _ in await services.tracking.popular(7, "", 10)] == ["new"]
     assert [p for p, _ in await services.tracking.popular(60, "", 10)] == ["old", "new"]
+
+
+def bought(user: str, product: str, hours: float, order: str = "") -> dict[str, Any]:
+    return {"type": "purchase", "user_id": user, "product_id": product, "timestamp": at(hours),
+            "order_id": order or f"{user}-{hours}"}  # fmt: skip
+
+
+async def record_and_drain(services: Services, events: list[dict[str, Any]]) -> None:
+    result = await services.tracking.record(events)
+    assert result.rejected == 0
+    for runner in services.runners:
+        await runner.ensure_group()
+        while await runner.step():
+            pass
+
+
+@pytest.mark.asyncio
+async def test_co_purchase_is_a_cosine_so_a_best_seller_does_not_head_every_list(
+    services: Services,
+) -> None:
+    # Everyone buys a mug, with whatever else; two shoppers buy the tent with the bag (and a mug).
+    await record_and_drain(services, [
+        *[bought(f"home{i}", p, i, f"h{i}") for i in range(10) for p in ("mug", f"thing{i}")],
+        *[bought(f"camper{i}", p, i, f"c{i}") for i in range(2) for p in ("tent", "bag", "mug")],
+    ])  # fmt: skip
+    tent = await services.tracking.co_occurring("purchase", "tent", 10)
+    # As many tent buyers bought the mug as the bag; the bag is the one bought with tents:
+    # 2 / sqrt(2 x 12) of the bag's 2 / sqrt(2 x 2), whatever the tent's own count.
+    assert [p for p, _ in tent] == ["bag", "mug"]
+    assert tent[1][1] == pytest.approx(2 / 24**0.5, rel=1e-3)
+    mug = dict(await services.tracking.co_occurring("purchase", "mug", 20))
+    assert mug["tent"] == pytest.approx(1.0)
+    assert mug["bag"] == pytest.approx(1.0, rel=1e-3)
+    assert mug["thing0"] == pytest.approx(1 / 2**0.5, rel=1e-3)  # one shopper of one against two
+
+
+@pytest.mark.asyncio
+async def test_co_purchase_pairs_a_shoppers_orders_within_the_window(
+    services: Services,
+) -> None:
+    days = services.tracking.settings.co_purchase_window_days
+    await record_and_drain(services, [
+        bought("u1", "kettle", 0, "o1"),
+        bought("u1", "teapot", 24 * 3, "o2"),  # another order, three days on: a pair
+        bought("u2", "lamp", 0, "o3"),
+        bought("u2", "bulb", 24 * (days + 1), "o4"),  # past the window's life: no pair
+    ])  # fmt: skip
+    assert [p for p, _ in await services.tracking.co_occurring("purchase", "kettle", 5)] == [
+        "teapot"
+    ]
+    assert await services.tracking.co_occurring("purchase", "lamp", 5) == []
+
+
+@pytest.mark.asyncio
+async def test_a_pair_counts_once_per_shoppers_window(services: Services) -> None:
+    # u1 buys a and b again and again; u2 buys a and c once: b and c are equally close to a.
+    await record_and_drain(services, [
+        *[bought("u1", p, hours) for hours, p in enumerate(("a", "b", "a", "b", "a"))],
+        bought("u2", "a", 10), bought("u2", "c", 11),
+    ])  # fmt: skip
+    near_a = dict(await services.tracking.co_occurring("purchase", "a", 5))
+    assert near_a == {"c": pytest.approx(1.0), "b": pytest.approx(1.0, rel=1e-2)}
+    # Views keep their own window and counts: the purchases made none.
+    assert await services.tracking.co_occurring("view", "a", 5) == []
+
+
+@pytest.mark.asyncio
+async def test_co_occurrence_keeps_the_top_n_and_only_their_counts(
+    redis: "aioredis.Redis", settings: Settings
+) -> None:
+    tracking = msgspec.structs.replace(settings.tracking, cooccurrence_top_n=2)
+    services = build_services(
+        redis,
+        Keyspace(settings.redis.namespace),
+        msgspec.structs.replace(settings, tracking=tracking),
+    )
+    # x is bought with p1 by three shoppers, with p2 by two, with p3 and p4 by one each.
+    plan = {"p1": 3, "p2": 2, "p3": 1, "p4": 1}
+    await record_and_drain(services, [
+        event for product, shoppers in plan.items() for i in range(shoppers)
+        for event in (bought(f"{product}-{i}", "x", 0), bought(f"{product}-{i}", product, 1))
+    ])  # fmt: skip
+    assert [p for p, _ in await services.tracking.co_occurring("purchase", "x", 10)] == [
+        "p1", "p2"
+    ]  # fmt: skip
+    repository = services.tracking.repository
+    counts = await redis.hkeys(repository.pair_count_prefix("purchase") + "x")
+    assert sorted(counts) == [b"p1", b"p2"]

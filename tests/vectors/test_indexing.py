@@ -216,3 +216,47 @@ async def test_a_stopped_service_starts_no_refit(services: Services, drain: Drai
     await add(services, "Red wool scarf")
     await drain()  # the first products would start a refit
     assert (await services.vectors.store.state()).live is None
+
+
+@pytest.mark.asyncio
+async def test_near_blend_sums_weighted_cosines_in_one_query(
+    services: Services, drain: Drain
+) -> None:
+    await add(
+        services, "White ceramic coffee mug", "Blue ceramic coffee mug", "Brass desk lamp",
+        "Brass floor lamp", "Ceramic teapot", "Wool hiking socks",
+    )  # fmt: skip
+    await drain()
+    await services.vectors.refit(reason="test")
+    weights = [("p0", 0.75), ("p2", 0.25)]
+    near = await services.vectors.near_blend(weights, 10)
+    version, _ = await services.vectors.live_model()
+    ids = [f"p{i}" for i in range(6)]
+    vectors = dict(zip(ids, await services.vectors.index.vectors(version, ids), strict=True))
+    expected = {
+        other: sum(
+            weight * float(vectors[anchor] @ vectors[other])
+            for anchor, weight in weights
+            if anchor != other  # an anchor is not its own neighbour
+        )
+        for other in ids
+    }
+    assert {product_id for product_id, _ in near.hits} == set(ids)
+    for product_id, score in near.hits:
+        assert score == pytest.approx(expected[product_id], abs=1e-5)
+    assert [score for _, score in near.hits] == sorted((s for _, s in near.hits), reverse=True)
+    assert near.hits[0][0] == "p1"  # the other mug: the heavier anchor's neighbour
+    # Each neighbour owes most to the anchor closest by weight x cosine, never to itself.
+    assert await services.vectors.strongest_blended(near, ["p1", "p3", "p0", "p2"]) == {
+        "p1": "p0", "p3": "p2", "p0": "p2", "p2": "p0",
+    }  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_near_blend_of_nothing_known_is_empty(services: Services, drain: Drain) -> None:
+    assert (await services.vectors.near_blend([("p0", 1.0)], 10)).hits == []  # no model yet
+    await add(services, "Red wool scarf")
+    await drain()
+    near = await services.vectors.near_blend([("unknown", 1.0)], 10)
+    assert near.hits == []
+    assert await services.vectors.strongest_blended(near, ["p0"]) == {}

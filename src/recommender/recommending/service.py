@@ -1,9 +1,11 @@
 """Read surfaces over the catalog's vectors: similar products, hybrid search, autocomplete."""
 
+import asyncio
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 import numpy as np
@@ -21,19 +23,15 @@ from recommender.recommending.schemas import (
     SearchResult,
 )
 from recommender.tracking import HistoryEntry, Shopper, TrackingService
-from recommender.vectors import Filters, Hit, VectorService, text_terms
+from recommender.vectors import BlendNeighbours, Filters, Hit, VectorService, text_terms
 
 SearchMode = Literal["hybrid", "bm25", "vector"]
+_T = TypeVar("_T")
 
 # Autocomplete needs a prefix RediSearch will expand (its minimum prefix is 2 characters).
 _MIN_PREFIX = 2
-# "For you" multiplies what the shopper's history leads to (neighbours and repeat purchases) by
-# (its sales as a share of the best seller's + this floor): of the products a history points
-# to, those selling now come first, yet one that does not sell keeps a third of a best seller's
-# weight. Chosen with `recommender evaluate recommendations` on the Online Retail history.
-_SELLING_NOW_FLOOR = 0.5
-# Best sellers read for that; products past them count as not selling.
-_SELLING_NOW_DEPTH = 1000
+# Categories whose best sellers one process keeps at once (the least recently read go first).
+_SELLING_NOW_CATEGORIES = 1000
 
 
 def new_rec_id() -> str:
@@ -44,6 +42,43 @@ def recommended(product: Product, score: float, reason: Reason) -> RecommendedPr
     return RecommendedProduct(
         **msgspec.structs.asdict(product), score=round(score, 6), reason=reason
     )
+
+
+Ranked = list[tuple[str, float]]
+
+
+class SellingNow:
+    """Each category's best sellers of the popularity window, as shares of the top one.
+
+    Read at most once per `seconds` per category and process: the window counts days, so a few
+    seconds change nothing, and a request does not read a thousand best sellers of its own.
+    At most `categories` are kept; the least recently read is dropped first.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[str], Awaitable[Ranked]],
+        seconds: float,
+        categories: int = _SELLING_NOW_CATEGORIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read = read
+        self._seconds = seconds
+        self._categories = categories
+        self._clock = clock
+        self._cached: dict[str, tuple[float, Ranked, dict[str, float]]] = {}
+
+    async def get(self, category: str) -> tuple[Ranked, dict[str, float]]:
+        """The best sellers, best first, and the same as a mapping."""
+        now = self._clock()
+        cached = self._cached.pop(category, None)
+        if cached is None or now >= cached[0]:
+            ranked = await self._read(category)
+            cached = (now + self._seconds, ranked, dict(ranked))
+        self._cached[category] = cached  # last in the order: the most recently read
+        while len(self._cached) > self._categories:
+            del self._cached[next(iter(self._cached))]
+        return cached[1], cached[2]
 
 
 class RecommendService:
@@ -61,6 +96,12 @@ class RecommendService:
         self.search_settings = settings.search
         self.popular_days = settings.tracking.popularity_default_days
         self.neighbour_depth = settings.vectors.neighbour_cache_depth
+        self.selling_now = SellingNow(
+            lambda category: tracking.popular(
+                self.settings.selling_now_days, category, self.settings.selling_now_depth
+            ),
+            self.settings.selling_now_cache_seconds,
+        )
 
     async def similar(
         self, product_id: str, k: int, filters: Filters, min_score: float | None = None
@@ -175,24 +216,30 @@ class RecommendService:
         self, shopper: Shopper, k: int, filters: Filters, exclude_purchased: bool = True
     ) -> RecommendationList:
         """Blend what the shopper's recent products lead to; popular items for a stranger."""
-        history = await self.tracking.history(shopper)
-        purchased = dict(await self.tracking.purchased(shopper))
+        history, purchases = await asyncio.gather(
+            self.tracking.history(shopper), self.tracking.purchased(shopper)
+        )
+        purchased = dict(purchases)
         anchors = self._anchors(history)
         blend = _Blend()
-        await self._add_neighbours(blend, anchors)
+        near, category = await asyncio.gather(
+            self._add_neighbours(blend, anchors),
+            self._favourite_category(anchors) if not filters.category else _given(filters.category),
+        )
         if not exclude_purchased:
             for product_id, weight in purchased.items():
                 blend.add(product_id, self.settings.buy_again_weight * weight,
                           Reason(strategy="buy_again"))  # fmt: skip
-        category = filters.category or await self._favourite_category(anchors)
-        popular = await self.tracking.popular(self.popular_days, category, _SELLING_NOW_DEPTH)
-        selling = dict(popular)
-        blend.scale(lambda product_id: selling.get(product_id, 0.0) + _SELLING_NOW_FLOOR)
+        popular, selling = await self.selling_now.get(category)
+        floor = self.settings.selling_now_floor
+        blend.scale(lambda product_id: selling.get(product_id, 0.0) + floor)
         for product_id, weight in popular[: k * 3]:
             blend.add(product_id, self.settings.popularity_weight * weight,
                       Reason(strategy="popular"))  # fmt: skip
         leave_out = set(purchased) if exclude_purchased else set()
-        return await self._ranked_list(blend, k, filters, leave_out)
+        ranked = await self._ranked_list(blend, k, filters, leave_out)
+        await self._name_similar_anchors(ranked, near, anchors)
+        return ranked
 
     def _anchors(self, history: Sequence[HistoryEntry]) -> list["_Anchor"]:
         """The shopper's products by weight: stronger and more recent events count more."""
@@ -219,33 +266,64 @@ class RecommendService:
             anchor.weight /= total
         return ranked
 
-    async def _add_neighbours(self, blend: "_Blend", anchors: Sequence["_Anchor"]) -> None:
-        """Co-occurrence and content neighbours of every anchor, weighted by the anchor."""
-        n = self.settings.neighbours_per_anchor
+    async def _add_neighbours(
+        self, blend: "_Blend", anchors: Sequence["_Anchor"]
+    ) -> BlendNeighbours | None:
+        """Co-occurrence neighbours of the strongest anchors and content neighbours of them all,
+        weighted by the anchor; the content side for naming anchors later (None: not asked)."""
+        settings = self.settings
+        n = settings.neighbours_per_anchor
         sources = (
-            ("purchase", "co_purchased", self.settings.co_purchase_weight),
-            ("view", "co_viewed", self.settings.co_view_weight),
-            ("cart", "co_carted", self.settings.co_cart_weight),
+            ("purchase", "co_purchased", settings.co_purchase_weight),
+            ("view", "co_viewed", settings.co_view_weight),
+            ("cart", "co_carted", settings.co_cart_weight),
         )
-        lookups = [(kind, anchor.product_id) for anchor in anchors for kind, _, _ in sources]
-        neighbour_lists = iter(await self.tracking.co_occurring_many(lookups, n))
-        for anchor in anchors:
+        strongest = anchors[: settings.co_occurrence_anchors]
+        lookups = [(kind, anchor.product_id) for anchor in strongest for kind, _, _ in sources]
+        content = settings.content_weight > 0 and bool(anchors)
+        lists, near = await asyncio.gather(
+            self.tracking.co_occurring_many(lookups, n),
+            self.vectors.near_blend(
+                [(anchor.product_id, anchor.weight) for anchor in anchors],
+                settings.content_candidates,
+            ) if content else _given(None),
+        )  # fmt: skip
+        neighbour_lists = iter(lists)
+        for anchor in strongest:
             for _, strategy, weight in sources:
                 reason = Reason(strategy=strategy, anchor=anchor.product_id,  # type: ignore[arg-type]
                                 anchor_event=anchor.event)  # fmt: skip
                 for product_id, share in next(neighbour_lists):
                     blend.add(product_id, weight * anchor.weight * share, reason)
-        if self.settings.content_weight <= 0 or not anchors:
+        if near is not None:
+            # Which anchor a content neighbour owes most to is worked out for the few shown.
+            reason = Reason(strategy="similar")
+            for product_id, score in near.hits:
+                blend.add(product_id, settings.content_weight * score, reason)
+        return near
+
+    async def _name_similar_anchors(
+        self,
+        ranked: RecommendationList,
+        near: BlendNeighbours | None,
+        anchors: Sequence["_Anchor"],
+    ) -> None:
+        """Give each item there because of content the anchor it is most similar to."""
+        unnamed = [item for item in ranked.items
+                   if item.reason.strategy == "similar" and item.reason.anchor is None]  # fmt: skip
+        if near is None or not unnamed:
             return
-        similar = await self.vectors.neighbours_many([anchor.product_id for anchor in anchors], n)
-        for anchor, hits in zip(anchors, similar, strict=True):
-            reason = Reason(strategy="similar", anchor=anchor.product_id, anchor_event=anchor.event)
-            for other, score in hits:
-                blend.add(other, self.settings.content_weight * anchor.weight * score, reason)
+        strongest = await self.vectors.strongest_blended(near, [item.id for item in unnamed])
+        events = {anchor.product_id: anchor.event for anchor in anchors}
+        for item in unnamed:
+            anchor = strongest.get(item.id)
+            if anchor is not None:
+                item.reason = Reason(strategy="similar", anchor=anchor, anchor_event=events[anchor])
 
     async def _favourite_category(self, anchors: Sequence["_Anchor"]) -> str:
-        """The category path the shopper's anchors weigh most in ("" when they have none)."""
+        """The category path the shopper's strongest anchors weigh most in ("" if none has one)."""
         weights: dict[str, float] = {}
+        anchors = anchors[: self.settings.co_occurrence_anchors]
         products = await self.catalog.get_many([anchor.product_id for anchor in anchors])
         for anchor, product in zip(anchors, products, strict=True):
             if product is not None and product.category:
@@ -324,6 +402,11 @@ class RecommendService:
         # Not enough variety in stock: fill with what diversity held back, best first.
         items += held_back[: k - len(items)]
         return RecommendationList(rec_id=new_rec_id(), items=items)
+
+
+async def _given(value: _T) -> _T:
+    """`value` as an awaitable, for an `asyncio.gather` whose step is not always needed."""
+    return value
 
 
 @dataclass(slots=True)

@@ -3,7 +3,7 @@
 Per shopper (`{kind}` is user or session):
     {ns}history:{kind}:{id}        list, newest first: compact HistoryEntry (bounded)
     {ns}bought:{kind}:{id}         sorted set: product -> decayed purchase score
-    {ns}cowindow:{w}:{kind}:{id}   list: the last products viewed / carted, for co-occurrence
+    {ns}recent:{w}:{kind}:{id}     sorted set: the products last viewed / carted / bought -> when
 Shared:
     {ns}event:seen:{event_id}      idempotency marker of a client's event id (expires)
     {ns}stream:behaviour           every accepted event, for the tracking consumer
@@ -12,12 +12,19 @@ Shared:
     {ns}pop:{day}[:cat:{path}]     sorted set per UTC day: product -> weighted event count
     {ns}pop:days                   sorted set of those day keys, for pruning
     {ns}trend[:cat:{path}]         sorted set: product -> log of its time-decayed weight
-    {ns}co:{kind}:{product}        sorted set: product -> log decayed co-occurrence (top N)
-    {ns}order:{order}              set of the products bought in one order so far (expires)
+    {ns}co:{kind}:{product}        sorted set: product -> log(pair count / sqrt(its total)), top N
+    {ns}copair:{kind}:{product}    hash: the same products -> log decayed count of the pair
+    {ns}cototal:{kind}             sorted set: product -> log decayed count of its windows
 
 Decayed scores are kept as logarithms (forward decay): adding weight w at time t adds
 exp(ln w + (t - epoch) * ln 2 / half_life) to the sum, so newer events weigh more, the order
 of members never needs rewriting as time passes, and the sums never overflow.
+
+Co-occurrence ranks like a cosine: pair count / sqrt(count of one x count of the other), all
+decayed alike, so the growth since the epoch cancels out. A best seller shares windows with
+everything; dividing by its count keeps it from heading every product's neighbours. A pair's
+score is recomputed whenever the pair occurs again; in between, the neighbour's count may grow
+(its score lags behind until then).
 """
 
 from collections.abc import Sequence
@@ -29,14 +36,16 @@ import redis.asyncio as aioredis
 from recommender.platform.redis import Keyspace
 
 _LOGADD = """
+local function logsum(old, value)
+  if not old then return value end
+  local a = tonumber(old)
+  local m = math.max(a, value)
+  return m + math.log(math.exp(a - m) + math.exp(value - m))
+end
 local function logadd(key, member, value)
-  local old = redis.call('ZSCORE', key, member)
-  if old then
-    local a = tonumber(old)
-    local m = math.max(a, value)
-    value = m + math.log(math.exp(a - m) + math.exp(value - m))
-  end
+  value = logsum(redis.call('ZSCORE', key, member), value)
   redis.call('ZADD', key, value, member)
+  return value
 end
 """
 
@@ -74,16 +83,32 @@ return 1
 # event time, then operations, each a word and its arguments:
 #   count  key day member weight        ZINCRBY in a day bucket (and remember the bucket)
 #   decay  key member logw cap          log-add, keep the top `cap`
-#   pair   group mode prefix member logw cap size ttl
-#          for each product q in the group (a set: mode 'set'; a recent list: mode 'list'):
-#          log-add q to prefix..member and member to prefix..q; then add member to the group
+#   pair   window totals prefix counts member logw cap size span
+#          the shopper's products of one kind, by when they last had each (window, a sorted
+#          set of at most `size`): a product had within `span` seconds before only has its
+#          time moved on (a pair counts once per stay in the window, as in a binary shopper x
+#          product matrix); otherwise it log-adds to its total and, with each product q had
+#          within `span` seconds, to the pair's count in counts..member and counts..q, and
+#          sets each side's score in prefix..member and prefix..q (each keeps its top `cap`)
 _AGGREGATE = (
     _LOGADD
     + """
-local function cap(key, n)
-  if n > 0 and redis.call('ZCARD', key) > n then
-    redis.call('ZREMRANGEBYRANK', key, 0, -(n + 1))
+local function cap(key, n, counts)
+  local excess = redis.call('ZCARD', key) - n
+  if n > 0 and excess > 0 then
+    local dropped = redis.call('ZPOPMIN', key, excess)
+    if counts then
+      for j = 1, #dropped, 2 do redis.call('HDEL', counts, dropped[j]) end
+    end
   end
+end
+-- b's score among a's neighbours: log(pair count / sqrt(b's total)). a's own total would
+-- divide every score of its list alike, so the order within the list is the cosine's.
+local function pair(prefix, counts, a, b, logw, half_b, n)
+  local together = logsum(redis.call('HGET', counts .. a, b), logw)
+  redis.call('HSET', counts .. a, b, together)
+  redis.call('ZADD', prefix .. a, together - half_b, b)
+  cap(prefix .. a, n, counts .. a)
 end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
 local t = tonumber(ARGV[2])
@@ -103,31 +128,25 @@ while i <= #ARGV do
     cap(key, tonumber(ARGV[i + 4]))
     i = i + 5
   else
-    local group, mode = KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]
-    local prefix, member, logw = ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
-    local n, size, ttl = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7]), ARGV[i + 8]
-    local others
-    if mode == 'set' then others = redis.call('SMEMBERS', group)
-    else others = redis.call('LRANGE', group, 0, -1) end
-    local seen = {}
-    for _, other in ipairs(others) do
-      if other ~= member and not seen[other] then
-        seen[other] = true
-        logadd(prefix .. member, other, logw)
-        cap(prefix .. member, n)
-        logadd(prefix .. other, member, logw)
-        cap(prefix .. other, n)
+    local window, totals = KEYS[tonumber(ARGV[i + 1])], KEYS[tonumber(ARGV[i + 2])]
+    local prefix, counts, member = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+    local logw, n = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
+    local size, span = tonumber(ARGV[i + 8]), tonumber(ARGV[i + 9])
+    local last = tonumber(redis.call('ZSCORE', window, member))
+    if not last or last < t - span then
+      local half_member = logadd(totals, member, logw) / 2
+      for _, other in ipairs(redis.call('ZRANGEBYSCORE', window, t - span, '+inf')) do
+        if other ~= member then
+          local half_other = (tonumber(redis.call('ZSCORE', totals, other)) or logw) / 2
+          pair(prefix, counts, member, other, logw, half_other, n)
+          pair(prefix, counts, other, member, logw, half_member, n)
+        end
       end
     end
-    if mode == 'set' then
-      redis.call('SADD', group, member)
-    else
-      redis.call('LREM', group, 0, member)
-      redis.call('LPUSH', group, member)
-      redis.call('LTRIM', group, 0, size - 1)
-    end
-    redis.call('EXPIRE', group, ttl)
-    i = i + 9
+    if not last or t > last then redis.call('ZADD', window, t, member) end
+    cap(window, size)
+    redis.call('EXPIRE', window, math.ceil(span))
+    i = i + 10
   end
 end
 return 1
@@ -153,10 +172,13 @@ class Aggregation:
         self.args += ["decay", self.key(key), member, log_weight, cap]
 
     def pair(  # noqa: PLR0917 - mirrors the script's operation, argument for argument
-        self, group: str, mode: str, prefix: str, member: str, log_weight: float, cap: int,
-        size: int, ttl: int,
+        self, window: str, totals: str, prefix: str, counts: str, member: str, log_weight: float,
+        cap: int, size: int, span: float,
     ) -> None:  # fmt: skip
-        self.args += ["pair", self.key(group), mode, prefix, member, log_weight, cap, size, ttl]
+        self.args += [
+            "pair", self.key(window), self.key(totals), prefix, counts, member, log_weight, cap,
+            size, span,
+        ]  # fmt: skip
 
 
 class TrackingRepository:
@@ -177,7 +199,7 @@ class TrackingRepository:
         return self.keys.key("bought", kind, shopper)
 
     def window_key(self, window: str, kind: str, shopper: str) -> str:
-        return self.keys.key("cowindow", window, kind, shopper)
+        return self.keys.key("recent", window, kind, shopper)
 
     def popularity_key(self, day: int, category: str = "") -> str:
         suffix = [str(day), "cat", category] if category else [str(day)]
@@ -189,8 +211,11 @@ class TrackingRepository:
     def co_prefix(self, kind: str) -> str:
         return self.keys.key("co", kind, "")
 
-    def order_key(self, order_id: str) -> str:
-        return self.keys.key("order", order_id)
+    def pair_count_prefix(self, kind: str) -> str:
+        return self.keys.key("copair", kind, "")
+
+    def co_total_key(self, kind: str) -> str:
+        return self.keys.key("cototal", kind)
 
     # -- writes -----------------------------------------------------------------------------------
 

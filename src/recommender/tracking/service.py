@@ -34,7 +34,9 @@ DAY = 86400.0
 # Forward decay is measured from a fixed instant; any will do, a recent one keeps numbers small.
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 _LN2 = math.log(2)
-_CO_WINDOWS = {"view": "view", "click": "view", "add_to_cart": "cart"}
+# The co-occurrence kind each event type feeds: products of one kind pair within a shopper's
+# window of them (bought: across orders too, as an item-to-item matrix of shoppers would).
+_CO_WINDOWS = {"view": "view", "click": "view", "add_to_cart": "cart", "purchase": "purchase"}
 
 _history_encoder = msgspec.msgpack.Encoder()
 _history_decoder = msgspec.msgpack.Decoder(HistoryEntry)
@@ -193,18 +195,17 @@ class TrackingService:
         for path in ["", *paths]:
             plan.count(repo.popularity_key(int(day), path), day, event.product_id, weight)
             plan.decay(repo.trend_key(path), event.product_id, trend, settings.trending_top_n)
-        co = decayed_log_weight(1.0, t, settings.cooccurrence_half_life_days * DAY)
-        if event.type == "purchase" and event.order_id:
+        kind = _CO_WINDOWS.get(event.type)
+        if kind is not None:
+            bought = kind == "purchase"
             plan.pair(
-                repo.order_key(event.order_id), "set", repo.co_prefix("purchase"),
-                event.product_id, co, settings.cooccurrence_top_n, 0, int(DAY),
-            )  # fmt: skip
-        window = _CO_WINDOWS.get(event.type)
-        if window is not None:
-            plan.pair(
-                repo.window_key(window, event.kind, event.shopper), "list",
-                repo.co_prefix(window), event.product_id, co, settings.cooccurrence_top_n,
-                settings.cooccurrence_window, settings.cooccurrence_window_seconds,
+                repo.window_key(kind, event.kind, event.shopper), repo.co_total_key(kind),
+                repo.co_prefix(kind), repo.pair_count_prefix(kind), event.product_id,
+                decayed_log_weight(1.0, t, settings.cooccurrence_half_life_days * DAY),
+                settings.cooccurrence_top_n,
+                settings.co_purchase_window if bought else settings.cooccurrence_window,
+                settings.co_purchase_window_days * DAY if bought
+                else settings.cooccurrence_window_seconds,
             )  # fmt: skip
         return plan
 

@@ -5,9 +5,10 @@ from recommender.vectors.index import Filters, Hit, Neighbour, VectorIndex, text
 from recommender.vectors.model import EmbeddingModel, ProductText, fit_model
 from recommender.vectors.repository import ModelStore
 from recommender.vectors.routes import ModelController
-from recommender.vectors.service import VectorService
+from recommender.vectors.service import BlendNeighbours, VectorService
 
 __all__ = [
+    "BlendNeighbours",
     "EmbeddingModel",
     "Filters",
     "Hit",

@@ -75,6 +75,18 @@ def product_text(product: Product) -> ProductText:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class BlendNeighbours:
+    """Products near a weighted blend of other products (`VectorService.near_blend`)."""
+
+    # (product id, sum over the blended products but itself of weight x cosine), best first.
+    hits: list[tuple[str, float]]
+    version: int
+    blended: list[str]
+    # One row per blended product: its weight x its unit vector.
+    rows: np.ndarray[Any, Any]
+
+
 class VectorService:
     def __init__(
         self,
@@ -384,6 +396,61 @@ class VectorService:
             self._neighbour_cache.put(product_id, neighbours)
             found[product_id] = neighbours
         return found
+
+    async def near_blend(self, weights: Sequence[tuple[str, float]], k: int) -> BlendNeighbours:
+        """The k products nearest the weighted sum of the given products' vectors.
+
+        A product's score is the sum of weight x cosine to each given product but itself: what
+        every given product's own neighbours would add up to, from one query instead of one
+        per product (the vectors are unit length, so the sum is a dot product with the blend).
+        """
+        state = await self.store.state()
+        if state.live is None or not weights:
+            return BlendNeighbours([], 0, [], np.zeros((0, 0), dtype=np.float32))
+        version = state.live
+        ids = [product_id for product_id, _ in weights]
+        vectors = await self.index.vectors(version, ids)
+        found = [
+            (product_id, weight, vector)
+            for (product_id, weight), vector in zip(weights, vectors, strict=True)
+            if vector is not None and np.any(vector)
+        ]
+        if not found:
+            return BlendNeighbours([], version, [], np.zeros((0, 0), dtype=np.float32))
+        rows = np.stack([weight * vector for _, weight, vector in found])
+        blend = rows.sum(axis=0)
+        length = float(np.linalg.norm(blend))
+        if length == 0:
+            return BlendNeighbours([], version, [], rows)
+        own = {product_id: weight for product_id, weight, _ in found}
+        hits = [
+            (product_id, cosine * length - own.get(product_id, 0.0))
+            for product_id, cosine in await self.index.nearest_ids(
+                blend / length, k, self.index.name(version)
+            )
+        ]
+        hits.sort(key=lambda hit: -hit[1])
+        return BlendNeighbours(hits, version, [product_id for product_id, _, _ in found], rows)
+
+    async def strongest_blended(
+        self, near: BlendNeighbours, product_ids: Sequence[str]
+    ) -> dict[str, str]:
+        """For each product, the blended product whose weight x cosine adds most to its score."""
+        if not near.blended or not product_ids:
+            return {}
+        vectors = await self.index.vectors(near.version, product_ids)
+        strongest: dict[str, str] = {}
+        for product_id, vector in zip(product_ids, vectors, strict=True):
+            if vector is None or not np.any(vector):
+                continue
+            shares = near.rows @ vector
+            for row, blended in enumerate(near.blended):
+                if blended == product_id:
+                    shares[row] = -np.inf  # never its own reason
+            best = int(np.argmax(shares))
+            if np.isfinite(shares[best]):
+                strongest[product_id] = near.blended[best]
+        return strongest
 
     async def nearest(
         self, version: int, vector: np.ndarray[Any, Any], k: int, filters: Filters
