@@ -14,7 +14,6 @@ the catalog and the purchase history through the HTTP API, and prints:
 
 import argparse
 import asyncio
-import csv
 import os
 import random
 import signal
@@ -47,21 +46,7 @@ def free_port() -> int:
 def load_data(work: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     out = work / "online-retail"
     online_retail.convert(online_retail.SOURCE, out)
-    with (out / "products.jsonl").open("rb") as handle:
-        products = [msgspec.json.decode(line) for line in handle]
-    with (out / "events.csv").open(encoding="utf-8", newline="") as handle:
-        events = [
-            {
-                "type": row["type"],
-                "user_id": row["user_id"],
-                "product_id": row["product_id"],
-                "order_id": row["order_id"],
-                "quantity": int(row["quantity"]),
-                "price": float(row["price"]),
-                "timestamp": row["timestamp"],
-            }
-            for row in csv.DictReader(handle)
-        ]
+    products, events = online_retail.read_converted(out)
     return products, events
 
 

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from benchmarks.datasets.catalog import DATA_DIR, NAME_MAX, Product, write_products
 
@@ -136,6 +139,27 @@ def convert(source: Path, out_dir: Path) -> Summary:
         first_timestamp=events[0][1] if events else "",
         last_timestamp=events[-1][1] if events else "",
     )
+
+
+def read_converted(out_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What `convert` wrote to `out_dir`, as the API's request bodies: products and events."""
+    with (out_dir / "products.jsonl").open("rb") as handle:
+        products = [msgspec.json.decode(line) for line in handle]
+    with (out_dir / "events.csv").open(encoding="utf-8", newline="") as handle:
+        events = [
+            {
+                "event_id": row["event_id"],
+                "type": row["type"],
+                "user_id": row["user_id"],
+                "product_id": row["product_id"],
+                "order_id": row["order_id"],
+                "quantity": int(row["quantity"]),
+                "price": float(row["price"]),
+                "timestamp": row["timestamp"],  # RFC 3339 with a zone ("...Z")
+            }
+            for row in csv.DictReader(handle)
+        ]
+    return products, events
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,6 @@ reached what was written to its stream, and the `recommender_stream_lag` and
 refits the first products start out of the event import's way.
 """
 
-import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,21 +43,7 @@ def convert(work_dir: Path) -> Dataset:
     """Convert the shared Online Retail file into `work_dir` and read both files back."""
     out = work_dir / "online-retail"
     online_retail.convert(online_retail.SOURCE, out)
-    with (out / "products.jsonl").open("rb") as handle:
-        products = [msgspec.json.decode(line) for line in handle]
-    with (out / "events.csv").open(encoding="utf-8", newline="") as handle:
-        events = [
-            {
-                "type": row["type"],
-                "user_id": row["user_id"],
-                "product_id": row["product_id"],
-                "order_id": row["order_id"],
-                "quantity": int(row["quantity"]),
-                "price": float(row["price"]),
-                "timestamp": row["timestamp"],  # RFC 3339 with a zone ("...Z")
-            }
-            for row in csv.DictReader(handle)
-        ]
+    products, events = online_retail.read_converted(out)
     return Dataset(products=products, events=events)
 
 
