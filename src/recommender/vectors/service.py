@@ -347,14 +347,19 @@ class VectorService:
         return state.live, await self.index.vector(state.live, product_id)
 
     async def neighbours(self, product_id: str, k: int) -> list[Neighbour] | None:
-        """The product's k nearest products by content, unfiltered; None if not embedded yet."""
-        found = (await self._neighbour_lists([product_id], k))[product_id]
-        return list(found.nearest[:k]) if found.embedded else None
+        """The product's k nearest products by content, unfiltered; None if not embedded yet.
 
-    async def neighbours_many(self, ids: Sequence[str], k: int) -> list[list[Neighbour]]:
-        """`neighbours` of several products ([] for one not embedded yet)."""
-        found = await self._neighbour_lists(ids, k)
-        return [list(found[product_id].nearest[:k]) for product_id in ids]
+        From this process's cache while the live vectors have not changed, else by KNN.
+        """
+        epoch = await self._epoch()
+        found = self._neighbour_cache.get(product_id)
+        if found is None or found.epoch != epoch or found.depth < k:
+            found = await self._nearest_to(
+                product_id, max(k, self.settings.neighbour_cache_depth), epoch
+            )
+            # Filed under the epoch read before the query: a write meanwhile invalidates it.
+            self._neighbour_cache.put(product_id, found)
+        return list(found.nearest[:k]) if found.embedded else None
 
     async def _epoch(self) -> int:
         """The live vectors' epoch, read at most once per `neighbour_epoch_check_seconds`."""
@@ -364,38 +369,18 @@ class VectorService:
             self._epoch_read_at = now
         return self._epoch_seen
 
-    async def _neighbour_lists(self, ids: Sequence[str], k: int) -> dict[str, "_NeighbourList"]:
-        """From this process's cache while the live vectors have not changed, else by KNN."""
-        epoch = await self._epoch()
-        found: dict[str, _NeighbourList] = {}
-        for product_id in ids:
-            cached = self._neighbour_cache.get(product_id)
-            if cached is not None and cached.epoch == epoch and cached.depth >= k:
-                found[product_id] = cached
-        missing = [product_id for product_id in dict.fromkeys(ids) if product_id not in found]
-        if not missing:
-            return found
+    async def _nearest_to(self, product_id: str, depth: int, epoch: int) -> "_NeighbourList":
         state = await self.store.state()
         if state.live is None:
-            return found | {i: _NeighbourList(epoch, k, False, ()) for i in missing}
-        index = self.index.name(state.live)
-        depth = max(k, self.settings.neighbour_cache_depth)
-
-        async def around(vector: np.ndarray[Any, Any] | None, product_id: str) -> _NeighbourList:
-            if vector is None or not np.any(vector):
-                return _NeighbourList(epoch, depth, vector is not None, ())
-            everything_else = Filters(in_stock=None, exclude=(product_id,))
-            hits = await self.index.knn_ids(vector, depth, everything_else, index)
-            return _NeighbourList(epoch, depth, True, tuple(hits))
-
-        vectors = await self.index.vectors(state.live, missing)
-        for product_id, neighbours in zip(
-            missing, await asyncio.gather(*map(around, vectors, missing)), strict=True
-        ):
-            # Filed under the epoch read before the queries: a write meanwhile invalidates it.
-            self._neighbour_cache.put(product_id, neighbours)
-            found[product_id] = neighbours
-        return found
+            return _NeighbourList(epoch, depth, False, ())
+        vector = await self.index.vector(state.live, product_id)
+        if vector is None or not np.any(vector):
+            return _NeighbourList(epoch, depth, vector is not None, ())
+        everything_else = Filters(in_stock=None, exclude=(product_id,))
+        nearest = await self.index.knn_ids(
+            vector, depth, everything_else, self.index.name(state.live)
+        )
+        return _NeighbourList(epoch, depth, True, tuple(nearest))
 
     async def near_blend(self, weights: Sequence[tuple[str, float]], k: int) -> BlendNeighbours:
         """The k products nearest the weighted sum of the given products' vectors.
