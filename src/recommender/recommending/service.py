@@ -12,6 +12,7 @@ import numpy as np
 
 from recommender.catalog import CatalogService, Product
 from recommender.config import Settings
+from recommender.platform.cache import RecentCache
 from recommender.platform.errors import InvalidInputError
 from recommender.recommending.fusion import fuse, one_side, query_words
 from recommender.recommending.schemas import (
@@ -64,20 +65,19 @@ class SellingNow:
     ) -> None:
         self._read = read
         self._seconds = seconds
-        self._categories = categories
         self._clock = clock
-        self._cached: dict[str, tuple[float, Ranked, dict[str, float]]] = {}
+        self._cached: RecentCache[str, tuple[float, Ranked, dict[str, float]]] = RecentCache(
+            categories
+        )
 
     async def get(self, category: str) -> tuple[Ranked, dict[str, float]]:
         """The best sellers, best first, and the same as a mapping."""
         now = self._clock()
-        cached = self._cached.pop(category, None)
+        cached = self._cached.get(category)
         if cached is None or now >= cached[0]:
             ranked = await self._read(category)
             cached = (now + self._seconds, ranked, dict(ranked))
-        self._cached[category] = cached  # last in the order: the most recently read
-        while len(self._cached) > self._categories:
-            del self._cached[next(iter(self._cached))]
+            self._cached.put(category, cached)
         return cached[1], cached[2]
 
 
