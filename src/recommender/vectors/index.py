@@ -351,27 +351,6 @@ class VectorIndex:
             .dialect(2)
         )
 
-    async def nearest_ids(
-        self, vector: np.ndarray[Any, Any], k: int, index: str
-    ) -> list[tuple[str, float]]:
-        """The k nearest products by cosine, unfiltered: (id, cosine), best first.
-
-        Ids only: a caller that ranks hundreds of candidates reads the few it keeps itself.
-        """
-        query = (
-            Query(f"*=>[KNN {k} @embedding $vector AS distance]")
-            .sort_by("distance")
-            .return_fields("pid", "distance")
-            .paging(0, k)
-            .dialect(2)
-        )
-        params: dict[str, Any] = {
-            "vector": np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-        }
-        result: Any = await self.client.ft(index).search(query, params)
-        hits = [(doc.pid, float(doc.distance)) for doc in result.docs]
-        return [(product_id, 1.0 - d) for product_id, d in hits if not math.isnan(d)]
-
     async def text(
         self, terms: Sequence[str], k: int, filters: Filters, index: str | None = None
     ) -> list[Hit]:

@@ -410,8 +410,8 @@ class VectorService:
         own = {product_id: weight for product_id, weight, _ in found}
         hits = [
             (product_id, cosine * length - own.get(product_id, 0.0))
-            for product_id, cosine in await self.index.nearest_ids(
-                blend / length, k, self.index.name(version)
+            for product_id, cosine in await self.index.knn_ids(
+                blend / length, k, Filters(), self.index.name(version)
             )
         ]
         hits.sort(key=lambda hit: -hit[1])
