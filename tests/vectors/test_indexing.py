@@ -9,7 +9,9 @@ import redis.asyncio as aioredis
 from conftest import Drain
 from recommender.catalog import ProductCreate
 from recommender.catalog.schemas import ProductUpdate
-from recommender.services import Services
+from recommender.config import Settings
+from recommender.platform.redis import Keyspace
+from recommender.services import Services, build_services
 
 
 async def add(services: Services, *names: str) -> None:
@@ -260,3 +262,26 @@ async def test_near_blend_of_nothing_known_is_empty(services: Services, drain: D
     near = await services.vectors.near_blend([("unknown", 1.0)], 10)
     assert near.hits == []
     assert await services.vectors.strongest_blended(near, ["p0"]) == {}
+
+
+@pytest.mark.asyncio
+async def test_requests_arriving_together_load_the_model_once(
+    services: Services, drain: Drain, redis: "aioredis.Redis", settings: Settings
+) -> None:
+    await add(services, "Red wool scarf", "Blue wool scarf")
+    await drain()
+    version, _ = await services.vectors.live_model()
+    # A process that has not loaded it yet, as after a start or a swap.
+    fresh = build_services(redis, Keyspace(settings.redis.namespace), settings).vectors
+    loads = 0
+    load = fresh.store.load
+
+    async def counted(wanted: int) -> bytes | None:
+        nonlocal loads
+        loads += 1
+        return await load(wanted)
+
+    fresh.store.load = counted  # type: ignore[method-assign]
+    models = await asyncio.gather(*(fresh.model(version) for _ in range(8)))
+    assert loads == 1
+    assert all(model is models[0] for model in models)

@@ -100,6 +100,7 @@ class VectorService:
         self.index = index
         self.settings = settings
         self._models: dict[int, EmbeddingModel] = {}
+        self._model_loading = asyncio.Lock()
         self._refit_task: asyncio.Task[Any] | None = None
         self._stopped = False
         self._neighbour_cache: RecentCache[str, _NeighbourList] = RecentCache(
@@ -113,13 +114,19 @@ class VectorService:
     async def model(self, version: int) -> EmbeddingModel:
         """A model version, loaded once per process."""
         model = self._models.get(version)
-        if model is None:
-            data = await self.store.load(version)
-            if data is None:
-                raise ModelNotReadyError(f"embedding model version {version} is not stored")
-            model = await asyncio.to_thread(EmbeddingModel.from_bytes, data)
-            self._models = {v: m for v, m in self._models.items() if v > version - 2}
-            self._models[version] = model
+        if model is not None:
+            return model
+        # One load at a time: requests arriving together after a start or a swap would each
+        # decode the model, holding the event loop's GIL long enough to time out the others.
+        async with self._model_loading:
+            model = self._models.get(version)
+            if model is None:
+                data = await self.store.load(version)
+                if data is None:
+                    raise ModelNotReadyError(f"embedding model version {version} is not stored")
+                model = await asyncio.to_thread(EmbeddingModel.from_bytes, data)
+                self._models = {v: m for v, m in self._models.items() if v > version - 2}
+                self._models[version] = model
         return model
 
     async def live_model(self) -> tuple[int, EmbeddingModel]:
