@@ -92,6 +92,68 @@ async def test_a_view_changes_for_you_on_the_next_request(
 
 
 @pytest.mark.asyncio
+async def test_for_you_is_kept_until_the_shoppers_next_event(
+    client: AsyncTestClient, drain: Drain, redis: "aioredis.Redis", settings: Settings
+) -> None:
+    await setup(client, drain)
+    url = "/api/v1/users/newcomer/recommendations"
+    kept = ids(await client.get(url, params={"k": 4}))
+    # A new product much like the tent: computed afresh, the newcomer's list changes...
+    await client.post("/api/v1/products", json={
+        "id": "tent2", "name": "Camping tent for two", "category": "Garden > Tents"
+    })  # fmt: skip
+    await drain()
+    uncached = with_recommend(settings, for_you_cache_seconds=0)
+    recommend = build_services(redis, Keyspace(settings.redis.namespace), uncached).recommend
+    fresh = await recommend.for_you(Shopper("user", "newcomer"), 4, Filters(in_stock=True))
+    assert [item.id for item in fresh.items] != kept
+    # ...but the kept one holds until the newcomer's own next event.
+    assert ids(await client.get(url, params={"k": 4})) == kept
+    await client.post("/api/v1/events", json=event("view", "newcomer", "boots", 41))
+    after = await client.get(url, params={"k": 4})
+    assert "boots" not in ids(after)
+    assert ids(after) != kept
+    assert ids(after) == [
+        item.id for item in (
+            await recommend.for_you(Shopper("user", "newcomer"), 4, Filters(in_stock=True))
+        ).items
+    ]  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_a_kept_for_you_never_shows_a_deleted_or_out_of_stock_product(
+    client: AsyncTestClient, drain: Drain
+) -> None:
+    await setup(client, drain)
+    url = "/api/v1/users/newcomer/recommendations"
+    assert {"bag", "mat"} <= set(ids(await client.get(url, params={"k": 4})))
+    await client.patch("/api/v1/products/bag", json={"in_stock": False})
+    await client.delete("/api/v1/products/mat")
+    found = ids(await client.get(url, params={"k": 4}))
+    assert len(found) == 4
+    assert not {"bag", "mat"} & set(found)
+
+
+@pytest.mark.asyncio
+async def test_filters_past_the_kept_head_rank_every_candidate(
+    client: AsyncTestClient, drain: Drain, services: Services, redis: "aioredis.Redis",
+    settings: Settings,
+) -> None:  # fmt: skip
+    await setup(client, drain)
+    shopper = Shopper("user", "newcomer")
+    # k=1 keeps the best 5 candidates; leaving all of them out needs the ones after.
+    head = await services.recommend.for_you(shopper, 5, Filters(in_stock=None))
+    excluded = Filters(in_stock=None, exclude=tuple(item.id for item in head.items))
+    assert len((await services.recommend.for_you(shopper, 1, Filters(in_stock=None))).items) == 1
+    found = await services.recommend.for_you(shopper, 1, excluded)
+    uncached = with_recommend(settings, for_you_cache_seconds=0)
+    recommend = build_services(redis, Keyspace(settings.redis.namespace), uncached).recommend
+    expected = await recommend.for_you(shopper, 1, excluded)
+    assert [item.id for item in found.items] == [item.id for item in expected.items]
+    assert len(found.items) == 1
+
+
+@pytest.mark.asyncio
 async def test_stranger_gets_popular_never_an_error(client: AsyncTestClient, drain: Drain) -> None:
     await setup(client, drain)
     response = await client.get("/api/v1/users/nobody/recommendations")
@@ -200,9 +262,11 @@ async def test_what_sells_now_comes_first_by_the_floor_setting(
     await drain()
     scores: dict[float, dict[str, float]] = {}
     for floor in (0.5, 2.0):
+        # for_you_cache_seconds=0: each floor's list is computed, not the first one kept.
         only_co_purchase = with_recommend(
-            settings, selling_now_floor=floor, content_weight=0.0, popularity_weight=0.0
-        )
+            settings, selling_now_floor=floor, content_weight=0.0, popularity_weight=0.0,
+            for_you_cache_seconds=0,
+        )  # fmt: skip
         recommend = build_services(
             redis, Keyspace(settings.redis.namespace), only_co_purchase
         ).recommend

@@ -147,6 +147,41 @@ async def test_erasing_a_user(
 
 
 @pytest.mark.asyncio
+async def test_a_value_derived_from_a_shopper_lasts_until_their_next_event(
+    client: AsyncTestClient, services: Services, redis: "aioredis.Redis"
+) -> None:
+    tracking, shopper = services.tracking, Shopper("user", "u1")
+    first = await tracking.derived(shopper, "list", 60)
+    assert first.value is None
+    assert await tracking.keep_derived(shopper, "list", first.lease, b"computed")
+    assert (await tracking.derived(shopper, "list", 60)).value == b"computed"
+    assert 0 < await redis.ttl(tracking.repository.derived_key("user", "u1")) <= 60
+    # A value computed from the history before an event is not kept after it.
+    pending = await tracking.derived(shopper, "other", 60)
+    assert pending.lease == first.lease
+    await post(client, {"type": "view", "user_id": "u1", "product_id": "a"})
+    assert await tracking.derived(shopper, "list", 60) != (b"computed", first.lease)
+    assert not await tracking.keep_derived(shopper, "other", pending.lease, b"stale")
+    assert (await tracking.derived(shopper, "other", 60)).value is None
+    # Other shoppers' events leave it alone; merging and erasing drop it.
+    fresh = await tracking.derived(shopper, "list", 60)
+    assert await tracking.keep_derived(shopper, "list", fresh.lease, b"again")
+    await post(client, {"type": "view", "user_id": "u2", "product_id": "a"})
+    assert (await tracking.derived(shopper, "list", 60)).value == b"again"
+    session = Shopper("session", "s1")
+    await post(client, {"type": "view", "session_id": "s1", "product_id": "b"})
+    kept = await tracking.derived(session, "list", 60)
+    assert await tracking.keep_derived(session, "list", kept.lease, b"anonymous")
+    await tracking.merge_session("s1", "u1")
+    assert (await tracking.derived(shopper, "list", 60)).value is None
+    assert (await tracking.derived(session, "list", 60)).value is None
+    last = await tracking.derived(shopper, "list", 60)
+    assert await tracking.keep_derived(shopper, "list", last.lease, b"before erasure")
+    await tracking.erase_user("u1")
+    assert (await tracking.derived(shopper, "list", 60)).value is None
+
+
+@pytest.mark.asyncio
 async def test_aggregates_count_each_event_once_and_use_event_time(
     client: AsyncTestClient, services: Services, drain: Drain, redis: "aioredis.Redis"
 ) -> None:

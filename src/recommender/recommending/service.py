@@ -46,6 +46,22 @@ def recommended(product: Product, score: float, reason: Reason) -> RecommendedPr
 
 
 Ranked = list[tuple[str, float]]
+# (product id, score, reason), as ranked before products are read and filtered.
+Candidate = tuple[str, float, Reason]
+# A kept "for you" list is the head of its candidates, this many per item asked for: filters
+# that reject more (a narrow price range) make the request rank them all again.
+_KEPT_PER_ITEM = 5
+
+
+class _Candidates(msgspec.Struct, array_like=True):
+    """A shopper's "for you" candidates as kept between their events."""
+
+    complete: bool  # False: more candidates followed these
+    items: list[Candidate]
+
+
+_candidates_encoder = msgspec.msgpack.Encoder()
+_candidates_decoder = msgspec.msgpack.Decoder(_Candidates)
 
 
 class SellingNow:
@@ -215,7 +231,42 @@ class RecommendService:
     async def for_you(
         self, shopper: Shopper, k: int, filters: Filters, exclude_purchased: bool = True
     ) -> RecommendationList:
-        """Blend what the shopper's recent products lead to; popular items for a stranger."""
+        """Blend what the shopper's recent products lead to; popular items for a stranger.
+
+        The ranked candidates are kept until the shopper's next event, for at most
+        `for_you_cache_seconds`; products are read fresh and filtered on every request.
+        """
+        seconds = self.settings.for_you_cache_seconds
+        name = f"for_you:{k}:{int(exclude_purchased)}:{filters.category}"
+        kept = await self.tracking.derived(shopper, name, seconds) if seconds > 0 else None
+        if kept is not None and kept.value is not None:
+            cached = _candidates_decoder.decode(kept.value)
+            found, exhausted = await self._pick(cached.items, k, filters)
+            if cached.complete or not exhausted:
+                return found
+        candidates, near, anchors = await self._for_you_candidates(
+            shopper, k, filters.category, exclude_purchased
+        )
+        head = candidates[: k * _KEPT_PER_ITEM]
+        named = await self._anchor_reasons([(p, r) for p, _, r in head], near, anchors)
+        head = [(p, score, named.get(p, reason)) for p, score, reason in head]
+        candidates[: len(head)] = head
+        if kept is not None:
+            value = _Candidates(complete=len(head) == len(candidates), items=head)
+            await self.tracking.keep_derived(
+                shopper, name, kept.lease, _candidates_encoder.encode(value)
+            )
+        found, _ = await self._pick(candidates, k, filters)
+        past_head = [(item.id, item.reason) for item in found.items]
+        named = await self._anchor_reasons(past_head, near, anchors)
+        for item in found.items:
+            item.reason = named.get(item.id, item.reason)
+        return found
+
+    async def _for_you_candidates(
+        self, shopper: Shopper, k: int, category: str, exclude_purchased: bool
+    ) -> tuple[list["Candidate"], BlendNeighbours | None, list["_Anchor"]]:
+        """Every candidate, best first; the content side and the anchors, to name reasons."""
         history, purchases = await asyncio.gather(
             self.tracking.history(shopper), self.tracking.purchased(shopper)
         )
@@ -224,7 +275,7 @@ class RecommendService:
         blend = _Blend()
         near, category = await asyncio.gather(
             self._add_neighbours(blend, anchors),
-            self._favourite_category(anchors) if not filters.category else _given(filters.category),
+            _given(category) if category else self._favourite_category(anchors),
         )
         if not exclude_purchased:
             for product_id, weight in purchased.items():
@@ -237,9 +288,7 @@ class RecommendService:
             blend.add(product_id, self.settings.popularity_weight * weight,
                       Reason(strategy="popular"))  # fmt: skip
         leave_out = set(purchased) if exclude_purchased else set()
-        ranked = await self._ranked_list(blend, k, filters, leave_out)
-        await self._name_similar_anchors(ranked, near, anchors)
-        return ranked
+        return blend.ranked(leave_out), near, anchors
 
     def _anchors(self, history: Sequence[HistoryEntry]) -> list["_Anchor"]:
         """The shopper's products by weight: stronger and more recent events count more."""
@@ -302,23 +351,23 @@ class RecommendService:
                 blend.add(product_id, settings.content_weight * score, reason)
         return near
 
-    async def _name_similar_anchors(
+    async def _anchor_reasons(
         self,
-        ranked: RecommendationList,
+        reasons: Sequence[tuple[str, Reason]],
         near: BlendNeighbours | None,
         anchors: Sequence["_Anchor"],
-    ) -> None:
-        """Give each item there because of content the anchor it is most similar to."""
-        unnamed = [item for item in ranked.items
-                   if item.reason.strategy == "similar" and item.reason.anchor is None]  # fmt: skip
+    ) -> dict[str, Reason]:
+        """For each product there because of content, a reason naming the anchor it is most
+        similar to."""
+        unnamed = [product_id for product_id, reason in reasons
+                   if reason.strategy == "similar" and reason.anchor is None]  # fmt: skip
         if near is None or not unnamed:
-            return
-        strongest = await self.vectors.strongest_blended(near, [item.id for item in unnamed])
+            return {}
         events = {anchor.product_id: anchor.event for anchor in anchors}
-        for item in unnamed:
-            anchor = strongest.get(item.id)
-            if anchor is not None:
-                item.reason = Reason(strategy="similar", anchor=anchor, anchor_event=events[anchor])
+        return {
+            product_id: Reason(strategy="similar", anchor=anchor, anchor_event=events[anchor])
+            for product_id, anchor in (await self.vectors.strongest_blended(near, unnamed)).items()
+        }
 
     async def _favourite_category(self, anchors: Sequence["_Anchor"]) -> str:
         """The category path the shopper's strongest anchors weigh most in ("" if none has one)."""
@@ -375,11 +424,15 @@ class RecommendService:
     async def _ranked_list(
         self, blend: "_Blend", k: int, filters: Filters, leave_out: set[str], diversify: bool = True
     ) -> RecommendationList:
-        """Best first, only live products that pass the filters, no category filling the list."""
-        ranked = [
-            product_id for product_id in sorted(blend.scores, key=lambda p: -blend.scores[p])
-            if product_id not in leave_out and product_id not in filters.exclude
-        ]  # fmt: skip
+        found, _ = await self._pick(blend.ranked(leave_out), k, filters, diversify)
+        return found
+
+    async def _pick(
+        self, candidates: Sequence["Candidate"], k: int, filters: Filters, diversify: bool = True
+    ) -> tuple[RecommendationList, bool]:
+        """The best k live products that pass the filters, no category filling the list; and
+        whether that took every candidate (True: more candidates might have changed it)."""
+        ranked = [candidate for candidate in candidates if candidate[0] not in filters.exclude]
         items: list[RecommendedProduct] = []
         per_category: dict[str, int] = {}
         cap = max(1, int(k * self.settings.max_category_share))
@@ -387,10 +440,11 @@ class RecommendService:
         # Products come with their current state: a deleted or changed one never shows stale.
         for start in range(0, len(ranked), k * 2):
             chunk = ranked[start : start + k * 2]
-            for product in await self.catalog.get_many(chunk):
+            products = await self.catalog.get_many([product_id for product_id, _, _ in chunk])
+            for (_, score, reason), product in zip(chunk, products, strict=True):
                 if product is None or not filters.admits(product):
                     continue
-                item = recommended(product, blend.scores[product.id], blend.reasons[product.id])
+                item = recommended(product, score, reason)
                 top = product.category.split(" > ")[0]
                 if diversify and not filters.category and top and per_category.get(top, 0) >= cap:
                     held_back.append(item)
@@ -398,10 +452,10 @@ class RecommendService:
                 per_category[top] = per_category.get(top, 0) + 1
                 items.append(item)
                 if len(items) == k:
-                    return RecommendationList(rec_id=new_rec_id(), items=items)
+                    return RecommendationList(rec_id=new_rec_id(), items=items), False
         # Not enough variety in stock: fill with what diversity held back, best first.
         items += held_back[: k - len(items)]
-        return RecommendationList(rec_id=new_rec_id(), items=items)
+        return RecommendationList(rec_id=new_rec_id(), items=items), True
 
 
 async def _given(value: _T) -> _T:
@@ -431,6 +485,11 @@ class _Blend:
         if score > self._best.get(product_id, 0.0):
             self._best[product_id] = score
             self.reasons[product_id] = reason
+
+    def ranked(self, leave_out: set[str]) -> list["Candidate"]:
+        """The candidates but those left out, best first."""
+        order = sorted(self.scores, key=lambda p: -self.scores[p])
+        return [(p, self.scores[p], self.reasons[p]) for p in order if p not in leave_out]
 
     def scale(self, factor: Callable[[str], float]) -> None:
         """Multiply each candidate's score so far, and its best source's, by factor(product)."""

@@ -4,6 +4,8 @@ Per shopper (`{kind}` is user or session):
     {ns}history:{kind}:{id}        list, newest first: compact HistoryEntry (bounded)
     {ns}bought:{kind}:{id}         sorted set: product -> decayed purchase score
     {ns}recent:{w}:{kind}:{id}     sorted set: the products last viewed / carted / bought -> when
+    {ns}derived:{kind}:{id}        hash: what was computed from the above ("for you" lists) and
+                                   a lease under field ""; dropped by each of their events
 Shared:
     {ns}event:seen:{event_id}      idempotency marker of a client's event id (expires)
     {ns}stream:behaviour           every accepted event, for the tracking consumer
@@ -27,6 +29,7 @@ score is recomputed whenever the pair occurs again; in between, the neighbour's 
 (its score lags behind until then).
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,8 +72,28 @@ return redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
 # Popularity may be this stale: it counts days, a few seconds do not change it.
 POPULAR_CACHE_SECONDS = 5
 
-# KEYS: seen, history, bought, stream. ARGV: check_seen, seen_ttl, history_entry, history_len,
-# product, bought_log_weight, then the stream entry's field/value pairs.
+# A value computed from a shopper's behaviour, else the lease a new one must be kept under: the
+# shopper's next event drops the hash, lease and all, so a value computed from what came before
+# cannot be kept after it. The hash expires `ttl` after its lease, values and all.
+_DERIVED = """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if value then return {1, value} end
+local lease = redis.call('HGET', KEYS[1], '')
+if not lease then
+  lease = ARGV[2]
+  redis.call('HSET', KEYS[1], '', lease)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return {0, lease}
+"""
+_KEEP_DERIVED = """
+if redis.call('HGET', KEYS[1], '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+# KEYS: seen, history, bought, stream, derived. ARGV: check_seen, seen_ttl, history_entry,
+# history_len, product, bought_log_weight, then the stream entry's field/value pairs.
 _INGEST = (
     _LOGADD
     + """
@@ -83,6 +106,7 @@ if ARGV[3] ~= '' then
 end
 if ARGV[6] ~= '' then logadd(KEYS[3], ARGV[5], tonumber(ARGV[6])) end
 redis.call('XADD', KEYS[4], '*', unpack(ARGV, 7))
+redis.call('DEL', KEYS[5])
 return 1
 """
 )
@@ -199,6 +223,8 @@ class TrackingRepository:
         self._aggregate = client.register_script(_AGGREGATE)
         self._popular = client.register_script(_POPULAR)
         self._read_top_many = client.register_script(_READ_TOP_MANY)
+        self._derived = client.register_script(_DERIVED)
+        self._keep_derived = client.register_script(_KEEP_DERIVED)
 
     # -- key names ------------------------------------------------------------------------------
 
@@ -210,6 +236,9 @@ class TrackingRepository:
 
     def window_key(self, window: str, kind: str, shopper: str) -> str:
         return self.keys.key("recent", window, kind, shopper)
+
+    def derived_key(self, kind: str, shopper: str) -> str:
+        return self.keys.key("derived", kind, shopper)
 
     def popularity_key(self, day: int, category: str = "") -> str:
         suffix = [str(day), "cat", category] if category else [str(day)]
@@ -257,6 +286,25 @@ class TrackingRepository:
 
     async def bought(self, kind: str, shopper: str, limit: int) -> list[tuple[str, float]]:
         return await self._ranked(self.bought_key(kind, shopper), limit)
+
+    async def derived(
+        self, kind: str, shopper: str, name: str, lease: str, ttl: float
+    ) -> tuple[bytes | None, str]:
+        """The value kept under `name`, or None and the lease to keep one under (this one if
+        there was none)."""
+        found: Any = await self._derived(
+            keys=[self.derived_key(kind, shopper)], args=[name, lease, math.ceil(ttl)]
+        )
+        return (found[1], "") if found[0] else (None, found[1].decode())
+
+    async def keep_derived(
+        self, kind: str, shopper: str, name: str, lease: str, value: bytes
+    ) -> bool:
+        """Keep `value` under `name` unless an event of the shopper came after the lease."""
+        kept: Any = await self._keep_derived(
+            keys=[self.derived_key(kind, shopper)], args=[name, lease, value]
+        )
+        return bool(kept)
 
     async def clock(self) -> float | None:
         raw: Any = await self.client.get(self.keys.key("agg", "clock"))
@@ -306,6 +354,7 @@ class TrackingRepository:
         await self.client.delete(
             self.history_key(kind, shopper),
             self.bought_key(kind, shopper),
+            self.derived_key(kind, shopper),
             *(self.window_key(window, kind, shopper) for window in windows),
         )
 
@@ -343,4 +392,5 @@ class TrackingRepository:
             pipe.delete(self.history_key(*source))
             pipe.zunionstore(bought_to, [bought_from, bought_to], aggregate="MAX")
             pipe.delete(bought_from)
+            pipe.delete(self.derived_key(*source), self.derived_key(*target))
             await pipe.execute()

@@ -7,9 +7,10 @@ are the events' own, so a replay of last year builds last year's aggregates.
 
 import math
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
@@ -67,6 +68,11 @@ def shopper_of(event: Event) -> Shopper:
 def decayed_log_weight(weight: float, timestamp: float, half_life_seconds: float) -> float:
     """ln(weight) plus the forward-decay growth since the epoch (see the repository)."""
     return math.log(weight) + (timestamp - _EPOCH) * _LN2 / half_life_seconds
+
+
+class Derived(NamedTuple):
+    value: bytes | None  # None: not kept (yet, or since the shopper's last event)
+    lease: str
 
 
 class TrackingService:
@@ -147,6 +153,7 @@ class TrackingService:
             repo.history_key(shopper.kind, shopper.id),
             repo.bought_key(shopper.kind, shopper.id),
             repo.stream,
+            repo.derived_key(shopper.kind, shopper.id),
         ]
         args: list[Any] = [
             "1" if event.event_id else "0",
@@ -244,6 +251,19 @@ class TrackingService:
         return [
             _from_logs(ranked) for ranked in await self.repository.co_occurring_many(lookups, limit)
         ]
+
+    async def derived(self, shopper: Shopper, name: str, ttl: float) -> "Derived":
+        """What was computed from the shopper's behaviour and kept under `name` since their last
+        event (at most `ttl` seconds ago), or the lease to keep it under (`keep_derived`)."""
+        value, lease = await self.repository.derived(
+            shopper.kind, shopper.id, name, uuid.uuid4().hex, ttl
+        )
+        return Derived(value, lease)
+
+    async def keep_derived(self, shopper: Shopper, name: str, lease: str, value: bytes) -> bool:
+        """Keep a value computed from the shopper's behaviour, read after `lease` was taken;
+        False (nothing kept) when an event of theirs came in meanwhile."""
+        return await self.repository.keep_derived(shopper.kind, shopper.id, name, lease, value)
 
     # -- shoppers -------------------------------------------------------------------------------
 
