@@ -9,10 +9,12 @@ import; `--data-dir` keeps an import for the next run):
 2. The store's ceiling: raw KNN queries through redis-py at the configured EF_RUNTIME, with the
    service idle (`benchmarks.load.knn`).
 3. For `serve`: the HTTP ceiling (`benchmarks.load.ceiling_app` under the same server and
-   flags); a warm-up (ten rounds of one request per endpoint, each on a new connection, then
-   the mix for 3 s; not reported); then with wrk (`benchmarks.load.workload`) `/health/live`
-   and each endpoint alone at saturation, the mix at saturation, and the mix at a fixed rate
-   over many connections, one wrk per endpoint so that each gets its own latency figures.
+   flags); a warm-up (ten rounds of one request per endpoint, each on a new connection; three
+   sweeps of every product's similar and bought-together and every shopper's "for you", so the
+   caches are as warm as after a while in production; then the mix for 3 s; not reported);
+   then with wrk (`benchmarks.load.workload`) `/health/live` and each endpoint alone at
+   saturation, the mix at saturation, and the mix at a fixed rate over many connections, one
+   wrk per endpoint so that each gets its own latency figures.
    During that fixed-rate run, the freshness probe (`benchmarks.load.freshness`): one trial at
    a time from one Python client, alternating a product write (until GET similar of the
    product it copies lists it, then out of stock until it no longer does) and a view event of
@@ -67,6 +69,10 @@ WARM_UP_SECONDS = 3.0
 # Warm-up rounds, each request on a new connection: with 2 workers, the odds that one of them
 # gets none of the 10 searches are 2 x 0.5^10 (0.2%).
 WARM_UP_ROUNDS = 10
+# Then every product's similar and bought-together lists and every shopper's "for you", this
+# many times: each worker's neighbour cache and each shopper's kept list are then as warm as in
+# a service that has run a while (a product's first request of a worker computes its list).
+SWEEPS = 3
 PATIENCE = 900.0  # seconds any single wait (readiness, consumers, index) may take
 
 
@@ -265,6 +271,11 @@ class Bench:
         for _ in range(WARM_UP_ROUNDS):
             for path in paths:
                 httpx.get(url + path, timeout=60.0).raise_for_status()
+        started = time.monotonic()
+        sweep = workload.sweep_paths(self.data)
+        asyncio.run(_sweep(url, sweep * SWEEPS, self.args.connections))
+        _progress(f"warm-up: {len(sweep) * SWEEPS:,} requests swept in "
+                  f"{time.monotonic() - started:.0f} s")  # fmt: skip
         self.wrk.run(url, [workload.WrkJob("mix", self.args.connections, WARM_UP_SECONDS)])
         self._drain(redis_url)
 
@@ -316,6 +327,19 @@ class Bench:
                 seen.refit_after_s = _refit(http)
                 self._drain(under.redis_url)
         _progress(f"freshness probe {seen.cleanup_text()}")
+
+
+async def _sweep(url: str, paths: list[str], connections: int) -> None:
+    """GET every path, `connections` at a time (new connections each time, so that every
+    worker process gets a share of each pass)."""
+    queue = iter(paths)
+
+    async def one_connection() -> None:
+        for path in queue:
+            async with httpx.AsyncClient(base_url=url, timeout=60.0) as client:
+                (await client.get(path)).raise_for_status()
+
+    await asyncio.gather(*(one_connection() for _ in range(connections)))
 
 
 def _refit(http: httpx.Client) -> float:

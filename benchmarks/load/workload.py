@@ -189,6 +189,15 @@ def view_batches(
     return bodies
 
 
+def sweep_paths(data: Dataset) -> list[str]:
+    """Every path the workload's per-product and per-shopper reads can take, once each."""
+    return [
+        *(f"/api/v1/products/{quote(p['id'])}/{kind}" for kind in ("similar", "bought-together")
+          for p in data.products),
+        *(f"/api/v1/users/{quote(u)}/recommendations" for u in data.users),
+    ]  # fmt: skip
+
+
 def write_script(path: Path, data: Dataset, seed: int) -> None:
     rng = random.Random(seed)
     ids = [product["id"] for product in data.products]
