@@ -285,3 +285,14 @@ async def test_requests_arriving_together_load_the_model_once(
     models = await asyncio.gather(*(fresh.model(version) for _ in range(8)))
     assert loads == 1
     assert all(model is models[0] for model in models)
+
+
+@pytest.mark.asyncio
+async def test_a_query_is_embedded_once_per_model_version(services: Services, drain: Drain) -> None:
+    await add(services, "Red wool scarf", "Blue wool scarf")
+    await drain()
+    version, model = await services.vectors.live_model()
+    first = services.vectors.query_vector(version, model, "wool scarf")
+    assert np.array_equal(first, model.embed_query("wool scarf"))
+    assert services.vectors.query_vector(version, model, "wool scarf") is first
+    assert services.vectors.query_vector(version + 1, model, "wool scarf") is not first

@@ -180,7 +180,7 @@ class RecommendService:
         if mode in ("hybrid", "bm25"):
             lexical = await self.vectors.lexical(version, terms, depth, filters)
         if mode in ("hybrid", "vector"):
-            vector = model.embed_query(query)
+            vector = self.vectors.query_vector(version, model, query)
             if np.any(vector):
                 semantic = await self.vectors.nearest(version, vector, depth, filters)
         # A term the index does not know but has a close neighbour of looks misspelled; one the

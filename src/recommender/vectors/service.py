@@ -39,6 +39,9 @@ _THREAD_BATCH = 32
 # Catalogs up to this size fit in a worker thread in well under a second; a child process would
 # spend seconds on its imports alone.
 _THREAD_FIT_TEXTS = 50
+# Search queries whose vectors one process keeps (1.5 KB each); a model version never changes,
+# so a kept vector never goes stale.
+_QUERY_VECTORS = 10_000
 
 
 class RefitBusyError(AppError):
@@ -108,6 +111,9 @@ class VectorService:
         )
         self._epoch_seen = 0
         self._epoch_read_at = -math.inf
+        self._query_vectors: RecentCache[tuple[int, str], np.ndarray[Any, Any]] = RecentCache(
+            _QUERY_VECTORS
+        )
 
     # -- models -----------------------------------------------------------------------------------
 
@@ -134,6 +140,14 @@ class VectorService:
         if state.live is None:
             raise ModelNotReadyError("no embedding model yet: add products first")
         return state.live, await self.model(state.live)
+
+    def query_vector(self, version: int, model: EmbeddingModel, query: str) -> np.ndarray[Any, Any]:
+        """The query's vector under that model version, each query embedded once per process."""
+        vector = self._query_vectors.get((version, query))
+        if vector is None:
+            vector = model.embed_query(query)
+            self._query_vectors.put((version, query), vector)
+        return vector
 
     async def describe(self) -> LiveModel:
         state = await self.store.state()
