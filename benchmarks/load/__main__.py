@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,7 +274,7 @@ class Bench:
                 httpx.get(url + path, timeout=60.0).raise_for_status()
         started = time.monotonic()
         sweep = workload.sweep_paths(self.data)
-        asyncio.run(_sweep(url, sweep * SWEEPS, self.args.connections))
+        asyncio.run(_sweep(url, [sweep] * SWEEPS, self.args.connections))
         _progress(f"warm-up: {len(sweep) * SWEEPS:,} requests swept in "
                   f"{time.monotonic() - started:.0f} s")  # fmt: skip
         self.wrk.run(url, [workload.WrkJob("mix", self.args.connections, WARM_UP_SECONDS)])
@@ -329,17 +330,18 @@ class Bench:
         _progress(f"freshness probe {seen.cleanup_text()}")
 
 
-async def _sweep(url: str, paths: list[str], connections: int) -> None:
-    """GET every path, `connections` at a time (new connections each time, so that every
-    worker process gets a share of each pass)."""
-    queue = iter(paths)
+async def _sweep(url: str, passes: list[list[str]], connections: int) -> None:
+    """GET every path of each pass, `connections` at a time, on new connections per pass:
+    the workers share the connections out, so each gets a share of every pass's paths."""
 
-    async def one_connection() -> None:
-        for path in queue:
-            async with httpx.AsyncClient(base_url=url, timeout=60.0) as client:
+    async def one_connection(queue: Iterator[str]) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60.0) as client:
+            for path in queue:
                 (await client.get(path)).raise_for_status()
 
-    await asyncio.gather(*(one_connection() for _ in range(connections)))
+    for paths in passes:
+        queue = iter(paths)
+        await asyncio.gather(*(one_connection(queue) for _ in range(connections)))
 
 
 def _refit(http: httpx.Client) -> float:
