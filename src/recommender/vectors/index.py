@@ -6,17 +6,20 @@
     {ns}vectors:epoch            counter of changes to the live index's vectors (and swaps)
 
 Queries carry the product's public JSON (`doc`) back, so a result needs no second lookup.
+KNN queries are sent and their replies read here, not through redis-py's `ft().search`: its
+generic `Result`/`Document` building about doubled the client's CPU for a KNN 300.
 """
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
 import redis.asyncio as aioredis
+from redis.client import NEVER_DECODE
 from redis.commands.search.field import NumericField, TagField, TextField, VectorField
 from redis.commands.search.index_definition import IndexDefinition, IndexType
 from redis.commands.search.query import Query
@@ -145,8 +148,19 @@ class Neighbour(NamedTuple):
     score: float
 
 
-def _vector(vector: np.ndarray[Any, Any]) -> dict[str, Any]:
-    return {"vector": np.ascontiguousarray(vector, dtype=np.float32).tobytes()}
+def search_hits(reply: Any) -> Iterator[tuple[bytes, Mapping[bytes, bytes]]]:
+    """Each hit of a raw, undecoded FT.SEARCH reply in order: its document key and its fields.
+
+    RESP3 (redis-py's default): `{b"results": [{b"id": key, b"extra_attributes": {field: value},
+    ...}, ...], ...}`; RESP2: `[total, key, [field, value, ...], key, [...], ...]`.
+    """
+    if isinstance(reply, dict):
+        for hit in reply[b"results"]:
+            yield hit[b"id"], hit[b"extra_attributes"]
+    else:
+        for position in range(1, len(reply), 2):
+            fields = reply[position + 1]
+            yield reply[position], dict(zip(fields[::2], fields[1::2], strict=True))
 
 
 class VectorIndex:
@@ -156,6 +170,7 @@ class VectorIndex:
         self.settings = settings
         self.alias = keys.key("idx", "products")
         self.epoch_key = keys.key("vectors", "epoch")
+        self._vector_root = keys.key("vec", "").encode()
         self._guarded_write = client.register_script(_GUARDED_WRITE)
         self._read_vectors = client.register_script(_READ_VECTORS)
 
@@ -323,33 +338,51 @@ class VectorIndex:
         self, vector: np.ndarray[Any, Any], k: int, filters: Filters, index: str | None = None
     ) -> list[Hit]:
         """The k nearest products by cosine that pass the filters, best first."""
-        query = self._knn_query(k, filters).return_fields("doc", "distance")
-        result: Any = await self.client.ft(index or self.alias).search(query, _vector(vector))
-        hits = [(doc, float(doc.distance)) for doc in result.docs]
-        return [Hit(_doc_decoder.decode(doc.doc), 1.0 - d) for doc, d in hits if not math.isnan(d)]
+        reply = await self._knn_search(vector, k, filters, index, "doc", "distance")
+        hits = [(fields[b"doc"], float(fields[b"distance"])) for _, fields in search_hits(reply)]
+        return [Hit(_doc_decoder.decode(doc), 1.0 - d) for doc, d in hits if not math.isnan(d)]
 
     async def knn_ids(
         self, vector: np.ndarray[Any, Any], k: int, filters: Filters, index: str | None = None
     ) -> list[Neighbour]:
         """`knn` as ids and scores only, for callers that read the products themselves."""
-        query = self._knn_query(k, filters).return_fields("pid", "distance")
-        result: Any = await self.client.ft(index or self.alias).search(query, _vector(vector))
-        hits = [(doc.pid, float(doc.distance)) for doc in result.docs]
-        return [Neighbour(pid, 1.0 - d) for pid, d in hits if not math.isnan(d)]
+        # The id comes from the document key ({ns}vec:{version}:{id}) rather than a returned
+        # `pid`, which Redis would read from each hit's hash: at k=300 (3.6k products) that
+        # saves about a third of Redis's CPU for the query (1.10 -> 0.75 ms) and 10-20% of ours.
+        reply = await self._knn_search(vector, k, filters, index, "distance")
+        skip = len(self._vector_root)
+        hits = [
+            (key[skip:].partition(b":")[2], float(fields[b"distance"]))
+            for key, fields in search_hits(reply)
+        ]
+        return [Neighbour(pid.decode(), 1.0 - d) for pid, d in hits if not math.isnan(d)]
 
-    @staticmethod
-    def _knn_query(k: int, filters: Filters) -> Query:
+    async def _knn_search(
+        self,
+        vector: np.ndarray[Any, Any],
+        k: int,
+        filters: Filters,
+        index: str | None,
+        *fields: str,
+    ) -> Any:
+        """The raw reply of a KNN FT.SEARCH returning `fields`, nearest first."""
         # Stock and exclusions pass nearly everything: walk the HNSW graph in batches instead
         # of letting RediSearch pick a brute-force scan of every match (ADHOC_BF, measured
         # 2.5-3.9 ms against 0.65 ms at 9.7k products, recall@10 0.995). Narrow filters
         # (category, price) keep RediSearch's own choice.
-        policy = " HYBRID_POLICY BATCHES" if filters.broad and filters.clause() != "*" else ""
-        return (
-            Query(f"({filters.clause()})=>[KNN {k} @embedding $vector{policy} AS distance]")
-            .sort_by("distance")
-            .paging(0, k)
-            .dialect(2)
-        )
+        where = filters.clause()
+        policy = " HYBRID_POLICY BATCHES" if filters.broad and where != "*" else ""
+        blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+        return await self.client.execute_command(  # type: ignore[no-untyped-call]
+            "FT.SEARCH", index or self.alias,
+            f"({where})=>[KNN {k} @embedding $vector{policy} AS distance]",
+            "RETURN", len(fields), *fields,
+            "SORTBY", "distance", "ASC",
+            "DIALECT", 2,
+            "LIMIT", 0, k,
+            "PARAMS", 2, "vector", blob,
+            **{NEVER_DECODE: True},
+        )  # fmt: skip
 
     async def text(
         self, terms: Sequence[str], k: int, filters: Filters, index: str | None = None

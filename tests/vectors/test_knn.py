@@ -1,0 +1,237 @@
+"""KNN queries read from the raw FT.SEARCH reply: the answers redis-py's own parsing gives."""
+
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from redis.client import NEVER_DECODE
+from redis.commands.search.query import Query
+
+from conftest import Drain
+from recommender.catalog import Product, ProductCreate
+from recommender.config import Settings
+from recommender.platform.redis import Keyspace
+from recommender.services import Services
+from recommender.vectors import Filters, Hit, Neighbour, VectorIndex
+from recommender.vectors.index import search_hits
+
+NAMES = [
+    "White ceramic coffee mug", "Blue ceramic coffee mug", "Brass desk lamp", "Brass floor lamp",
+    "Ceramic teapot", "Wool hiking socks", "Red wool scarf", "Blue wool scarf",
+]  # fmt: skip
+FILTERS = [
+    Filters(),  # no filter: the blended "for you" query
+    Filters(in_stock=None, exclude=("p0",)),  # the neighbour cache's: HYBRID_POLICY BATCHES
+    Filters(in_stock=True, exclude=("p0", "sku:7")),
+    Filters(category="Home > Kitchen"),
+    Filters(min_price=5.0, max_price=30.0),
+    Filters(category="Garden"),  # matches nothing
+]
+
+
+@pytest_asyncio.fixture
+async def catalog(services: Services, drain: Drain) -> tuple[int, list[np.ndarray[Any, Any]]]:
+    """Eight indexed products (one id with a colon, one out of stock); the live version and
+    their vectors."""
+    for i, name in enumerate(NAMES):
+        await services.catalog.create(
+            ProductCreate(
+                id="sku:7" if i == 7 else f"p{i}",
+                name=name,
+                category="Home > Kitchen" if "ceramic" in name.lower() else "Home > Living",
+                price=4.5 * (i + 1),
+                in_stock=i != 3,
+            )
+        )
+    await drain()
+    await services.vectors.refit(reason="test")
+    version, _ = await services.vectors.live_model()
+    ids = [f"p{i}" for i in range(7)] + ["sku:7"]
+    vectors = [v for v in await services.vectors.index.vectors(version, ids) if v is not None]
+    assert len(vectors) == len(NAMES)
+    return version, vectors
+
+
+@pytest_asyncio.fixture
+async def resp2(redis_url: str) -> AsyncIterator["aioredis.Redis"]:
+    client = aioredis.Redis.from_url(redis_url, protocol=2)
+    yield client
+    await client.aclose()
+
+
+async def redis_py_search(
+    redis: "aioredis.Redis",
+    index: str,
+    vector: np.ndarray[Any, Any],
+    k: int,
+    filters: Filters,
+    *fields: str,
+) -> Any:
+    """The same KNN through redis-py's `ft().search` and its `Result` parsing: the reference."""
+    policy = " HYBRID_POLICY BATCHES" if filters.broad and filters.clause() != "*" else ""
+    query = (
+        Query(f"({filters.clause()})=>[KNN {k} @embedding $vector{policy} AS distance]")
+        .return_fields(*fields)
+        .sort_by("distance")
+        .paging(0, k)
+        .dialect(2)
+    )
+    blob = np.asarray(vector, dtype=np.float32).tobytes()
+    return await redis.ft(index).search(query, {"vector": blob})
+
+
+def raw_command(index: str, vector: np.ndarray[Any, Any], k: int) -> list[Any]:
+    blob = np.asarray(vector, dtype=np.float32).tobytes()
+    return [
+        "FT.SEARCH", index, f"*=>[KNN {k} @embedding $vector AS distance]",
+        "RETURN", 2, "pid", "distance", "SORTBY", "distance", "ASC", "LIMIT", 0, k,
+        "PARAMS", 2, "vector", blob, "DIALECT", 2,
+    ]  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_search_hits_reads_resp3_and_resp2_replies_as_redis_py_does(
+    services: Services,
+    catalog: tuple[int, list[np.ndarray[Any, Any]]],
+    redis: "aioredis.Redis",
+    resp2: "aioredis.Redis",
+) -> None:
+    version, vectors = catalog
+    index = services.vectors.index.name(version)
+    command = raw_command(index, vectors[0], 5)
+    resp3_reply = await redis.execute_command(*command, **{NEVER_DECODE: True})
+    resp2_reply = await resp2.execute_command(*command, **{NEVER_DECODE: True})
+    assert isinstance(resp3_reply, dict)  # redis-py's default protocol is RESP3
+    assert isinstance(resp2_reply, list)
+
+    reference = await redis_py_search(redis, index, vectors[0], 5, Filters(), "pid", "distance")
+    expected = [
+        (doc.id.encode(), {b"pid": doc.pid.encode(), b"distance": doc.distance.encode()})
+        for doc in reference.docs
+    ]
+    assert len(expected) == 5
+    assert [(key, dict(fields)) for key, fields in search_hits(resp3_reply)] == expected
+    assert [(key, dict(fields)) for key, fields in search_hits(resp2_reply)] == expected
+
+
+@pytest.mark.asyncio
+async def test_search_hits_of_an_empty_reply_is_empty(
+    services: Services,
+    catalog: tuple[int, list[np.ndarray[Any, Any]]],
+    redis: "aioredis.Redis",
+    resp2: "aioredis.Redis",
+) -> None:
+    version, vectors = catalog
+    command = raw_command(services.vectors.index.name(version), vectors[0], 5)
+    command[2] = "(@category:{Garden})=>[KNN 5 @embedding $vector AS distance]"
+    for client in (redis, resp2):
+        reply = await client.execute_command(*command, **{NEVER_DECODE: True})
+        assert list(search_hits(reply)) == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda filters: filters.clause())
+@pytest.mark.parametrize("k", [3, 8, 20])
+async def test_knn_and_knn_ids_answer_what_redis_py_parsing_gives(
+    services: Services,
+    catalog: tuple[int, list[np.ndarray[Any, Any]]],
+    redis: "aioredis.Redis",
+    filters: Filters,
+    k: int,
+) -> None:
+    version, vectors = catalog
+    index = services.vectors.index
+    name = index.name(version)
+    for vector in vectors[:3]:
+        reference = await redis_py_search(redis, name, vector, k, filters, "pid", "doc", "distance")
+        ids = [Neighbour(doc.pid, 1.0 - float(doc.distance)) for doc in reference.docs]
+        hits = [
+            Hit(msgspec.json.decode(doc.doc, type=Product), 1.0 - float(doc.distance))
+            for doc in reference.docs
+        ]
+        assert await index.knn_ids(vector, k, filters, name) == ids
+        assert await index.knn(vector, k, filters, name) == hits
+        assert await index.knn_ids(vector, k, filters) == ids  # through the alias
+    assert all(math.isfinite(score) for _, score in ids)
+
+
+@pytest.mark.asyncio
+async def test_a_resp2_client_gets_the_same_answers(
+    services: Services,
+    catalog: tuple[int, list[np.ndarray[Any, Any]]],
+    resp2: "aioredis.Redis",
+    settings: Settings,
+) -> None:
+    version, vectors = catalog
+    index = services.vectors.index
+    over_resp2 = VectorIndex(resp2, Keyspace(settings.redis.namespace), settings.vectors)
+    name = index.name(version)
+    for filters in FILTERS:
+        assert await over_resp2.knn_ids(vectors[1], 8, filters, name) == await index.knn_ids(
+            vectors[1], 8, filters, name
+        )
+        assert await over_resp2.knn(vectors[1], 8, filters, name) == await index.knn(
+            vectors[1], 8, filters, name
+        )
+
+
+@pytest.mark.asyncio
+async def test_nan_distances_are_left_out_and_the_order_kept(
+    services: Services,
+    catalog: tuple[int, list[np.ndarray[Any, Any]]],
+    redis: "aioredis.Redis",
+) -> None:
+    version, vectors = catalog
+    index = services.vectors.index
+    name = index.name(version)
+    # A zero vector has no cosine: RediSearch answers it with distance "-nan" (the indexer keeps
+    # such vectors out of the index, so one is written by hand here).
+    zero = np.zeros(len(vectors[0]), dtype=np.float32)
+    product = await services.catalog.get("p5")
+    await redis.hset(
+        index.doc_key(version, "zero"),
+        mapping={"embedding": zero.tobytes(), "pid": "zero", "doc": msgspec.json.encode(product)},
+    )
+    raw = await redis_py_search(redis, name, vectors[0], 20, Filters(), "distance")
+    distances = {doc.id: doc.distance for doc in raw.docs}
+    assert distances[index.doc_key(version, "zero")] == "-nan"  # what the server really sends
+
+    ids = await index.knn_ids(vectors[0], 20, Filters(), name)
+    hits = await index.knn(vectors[0], 20, Filters(), name)
+    expected = [
+        (doc.id.removeprefix(index.prefix(version)), 1.0 - float(doc.distance))
+        for doc in raw.docs
+        if doc.distance != "-nan"
+    ]
+    assert len(expected) == len(NAMES)
+    assert [tuple(neighbour) for neighbour in ids] == expected
+    assert [(hit.product.id, hit.score) for hit in hits] == expected
+    assert [score for _, score in expected] == sorted((s for _, s in expected), reverse=True)
+    # A zero query vector is NaN to everything: nothing is answered.
+    assert await index.knn_ids(zero, 20, Filters(), name) == []
+    assert await index.knn(zero, 20, Filters(), name) == []
+
+
+@pytest.mark.asyncio
+async def test_ids_come_back_whole_from_the_keys_of_any_version(
+    services: Services, catalog: tuple[int, list[np.ndarray[Any, Any]]]
+) -> None:
+    _, vectors = catalog
+    ids = ["a:b:c", "12:34", "x", "sku-9.z_"]
+    await services.catalog.upsert_batch([{"id": i, "name": f"Product {i}"} for i in ids])
+    products = [p for p in await services.catalog.get_many(ids) if p is not None]
+    index = services.vectors.index
+    await index.create(123)
+    stacked = np.stack(vectors[: len(ids)])
+    await index.write(123, services.catalog.product_key, products, stacked, live=False)
+
+    found = await index.knn_ids(vectors[0], 10, Filters(), index.name(123))
+
+    assert found[0].product_id == "a:b:c"  # itself, at cosine 1
+    assert found[0].score == pytest.approx(1.0, abs=1e-5)
+    assert sorted(neighbour.product_id for neighbour in found) == sorted(ids)
