@@ -2,9 +2,10 @@
 
 The live index is the highest `{ns}idx:products:v{N}` in FT._LIST; the query vectors are the
 stored ones (`{ns}vec:{N}:{id}`, field `embedding`) of the imported products, read before the
-clock starts. The ceiling is the query `/products/{id}/similar` sends (`VectorIndex.knn`): in
+clock starts. The ceiling is a query as `VectorIndex.knn` sends it (search's vector side): in
 stock, the product itself excluded, KNN 10 walking the HNSW graph in batches (HYBRID_POLICY
-BATCHES) at the configured EF_RUNTIME, returning the stored JSON and the distance. For
+BATCHES) at the configured EF_RUNTIME, returning the stored JSON and the distance. (An
+unfiltered `/similar` reads its neighbours from the process's cache, which `knn_ids` fills.) For
 comparison, the same KNN without the filter (11 nearest, the product among them) is measured
 next. A few asyncio tasks each send one query and await its answer (no pipelining), on their
 own connections, until the time or the count runs out.
