@@ -144,7 +144,7 @@ class RecommendSettings(Setting, frozen=True):
     selling_now_cache_seconds: Annotated[float, Meta(ge=0, le=3600)] = 10.0
     # A shopper's ranked "for you" candidates are kept until their next event, at most this
     # long (new products and other shoppers' behaviour reach them then); 0: never kept.
-    for_you_cache_seconds: Annotated[float, Meta(ge=0, le=86400)] = 60.0
+    for_you_cache_seconds: Annotated[float, Meta(ge=0, le=86400)] = 300.0
     # No category may fill more than this share of a list unless the request filters to it.
     max_category_share: Annotated[float, Meta(gt=0, le=1)] = 0.5
 
