@@ -1,4 +1,4 @@
-"""KNN queries read from the raw FT.SEARCH reply: the answers redis-py's own parsing gives."""
+"""KNN and BM25 queries read from the raw FT.SEARCH reply: the answers redis-py's parsing gives."""
 
 import math
 from collections.abc import AsyncIterator
@@ -235,3 +235,33 @@ async def test_ids_come_back_whole_from_the_keys_of_any_version(
     assert found[0].product_id == "a:b:c"  # itself, at cosine 1
     assert found[0].score == pytest.approx(1.0, abs=1e-5)
     assert sorted(neighbour.product_id for neighbour in found) == sorted(ids)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda filters: filters.clause())
+async def test_bm25_answers_what_redis_py_parsing_gives_over_both_protocols(
+    services: Services,
+    catalog: tuple[int, list[np.ndarray[Any, Any]]],
+    redis: "aioredis.Redis",
+    resp2: "aioredis.Redis",
+    settings: Settings,
+    filters: Filters,
+) -> None:
+    version, _ = catalog
+    index = services.vectors.index
+    over_resp2 = VectorIndex(resp2, Keyspace(settings.redis.namespace), settings.vectors)
+    name = index.name(version)
+    for terms in (["ceramic", "mug"], ["wool"], ["brass", "lamp", "teapot"], ["nothing"]):
+        where = filters.clause()
+        text = f"@name|description|category_text|brand_text:({' | '.join(terms)})"
+        query = (
+            Query(text if where == "*" else f"{text} {where}")
+            .scorer("BM25STD").with_scores().return_fields("doc").paging(0, 5).dialect(2)
+        )  # fmt: skip
+        reference = await redis.ft(name).search(query)
+        expected = [
+            Hit(msgspec.json.decode(doc.doc, type=Product), float(doc.score))
+            for doc in reference.docs
+        ]
+        assert await index.text(terms, 5, filters, name) == expected
+        assert await over_resp2.text(terms, 5, filters, name) == expected

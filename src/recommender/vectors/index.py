@@ -159,8 +159,24 @@ def search_hits(reply: Any) -> Iterator[tuple[bytes, Mapping[bytes, bytes]]]:
             yield hit[b"id"], hit[b"extra_attributes"]
     else:
         for position in range(1, len(reply), 2):
-            fields = reply[position + 1]
-            yield reply[position], dict(zip(fields[::2], fields[1::2], strict=True))
+            yield reply[position], _pairs(reply[position + 1])
+
+
+def scored_search_hits(reply: Any) -> Iterator[tuple[bytes, float, Mapping[bytes, bytes]]]:
+    """`search_hits` of a WITHSCORES reply: each hit's document key, score and fields.
+
+    RESP3: each result also has `b"score"`; RESP2: `[total, key, score, [fields], ...]`.
+    """
+    if isinstance(reply, dict):
+        for hit in reply[b"results"]:
+            yield hit[b"id"], float(hit[b"score"]), hit[b"extra_attributes"]
+    else:
+        for position in range(1, len(reply), 3):
+            yield reply[position], float(reply[position + 1]), _pairs(reply[position + 2])
+
+
+def _pairs(fields: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
 class VectorIndex:
@@ -393,16 +409,19 @@ class VectorIndex:
         words = " | ".join(terms)
         where = filters.clause()
         text = f"@name|description|category_text|brand_text:({words})"
-        query = (
-            Query(text if where == "*" else f"{text} {where}")
-            .scorer("BM25STD")
-            .with_scores()
-            .return_fields("doc")
-            .paging(0, k)
-            .dialect(2)
-        )
-        result: Any = await self.client.ft(index or self.alias).search(query)
-        return [Hit(_doc_decoder.decode(doc.doc), float(doc.score)) for doc in result.docs]
+        # Sent and read raw, as the KNN queries are: redis-py's `Result` cost more than the rest.
+        reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
+            "FT.SEARCH", index or self.alias, text if where == "*" else f"{text} {where}",
+            "SCORER", "BM25STD", "WITHSCORES",
+            "RETURN", 1, "doc",
+            "DIALECT", 2,
+            "LIMIT", 0, k,
+            **{NEVER_DECODE: True},
+        )  # fmt: skip
+        return [
+            Hit(_doc_decoder.decode(fields[b"doc"]), score)
+            for _, score, fields in scored_search_hits(reply)
+        ]
 
     async def spellcheck(self, terms: Sequence[str], index: str) -> dict[str, str]:
         """The best correction of each term the index does not know (distance 1, then 2)."""
