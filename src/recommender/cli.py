@@ -17,6 +17,7 @@ import msgspec
 import structlog
 import uvicorn
 from redis.exceptions import RedisError
+from uvicorn.supervisors import Multiprocess
 
 from recommender import evaluation, importing
 from recommender.app import SUPERVISOR_VARIABLE, create_app
@@ -30,6 +31,7 @@ from recommender.config import (
 )
 from recommender.platform.embedded import EmbeddedRedis
 from recommender.platform.errors import StartupError
+from recommender.platform.listening import WorkerSocket
 from recommender.platform.logging import configure_logging
 from recommender.platform.redis import create_client, require_search_module
 
@@ -303,7 +305,7 @@ def serve_command(args: argparse.Namespace) -> int:
             metrics_dir = tempfile.mkdtemp(prefix="recommender-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
             os.environ[SUPERVISOR_VARIABLE] = str(os.getpid())
-        uvicorn.run(
+        config = uvicorn.Config(
             APP_FACTORY if workers > 1 else create_app(settings),
             factory=workers > 1,
             workers=workers,
@@ -314,6 +316,21 @@ def serve_command(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds),
             log_config=None,
         )
+        if workers > 1:
+            try:
+                listening = WorkerSocket(settings.server.host, settings.server.port)
+            except OSError as error:
+                raise StartupError(
+                    f"server.port: cannot listen on {settings.server.host}:{settings.server.port}"
+                    f" ({error.strerror})"
+                ) from error
+            try:
+                # uvicorn's supervisor: it starts the workers and replaces one that dies.
+                Multiprocess(config, sockets=[listening]).run()  # type: ignore[list-item]
+            finally:
+                listening.close()
+        else:
+            uvicorn.Server(config).run()
     except KeyboardInterrupt:
         pass
     finally:

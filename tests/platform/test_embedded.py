@@ -191,6 +191,39 @@ def children(pid: int) -> set[int]:
     return found
 
 
+def listening_sockets(port: int) -> set[str]:
+    """Inodes of the TCP sockets listening on the port (state 0A in /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+            found.add(fields[9])
+    return found
+
+
+def socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                found.add(target[len("socket:[") : -1])
+    return found
+
+
+def test_a_taken_port_fails_start_up_with_workers(
+    serve: tuple[Path, int, list[subprocess.Popen[bytes]]],
+) -> None:
+    data_dir, port, processes = serve
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        service = start_service(data_dir, port, workers=2)
+        processes.append(service)
+        assert service.wait(timeout=60) == 2  # a one-line error, Redis stopped again
+    assert not (data_dir / "redis.pid").exists()
+
+
 def test_service_survives_sigkill_with_data_and_leaves_no_redis_behind(
     serve: tuple[Path, int, list[subprocess.Popen[bytes]]],
 ) -> None:
@@ -242,6 +275,10 @@ def test_workers_share_one_redis_and_pool_their_metrics(
         if line.startswith("recommender_requests_total{") and 'path="/api/v1/popular"' in line
     )
     assert counted == 40  # whichever worker answered the scrape counts every worker's requests
+    # Each worker listens on its own socket, so the kernel spreads connections between them.
+    workers = children(service.pid) - {redis_pid}
+    assert len(listening_sockets(port)) == 2
+    assert listening_sockets(port) <= {i for pid in workers for i in socket_inodes(pid)}
     service.send_signal(signal.SIGTERM)
     assert service.wait(timeout=30) == 0
     assert not pid_alive(redis_pid)
