@@ -330,7 +330,10 @@ def serve_command(args: argparse.Namespace) -> int:
             finally:
                 listening.close()
         else:
-            uvicorn.Server(config).run()
+            server = uvicorn.Server(config)
+            server.run()
+            if not server.started:
+                raise StartupError("the server did not start (its error is logged above)")
     except KeyboardInterrupt:
         pass
     finally:
