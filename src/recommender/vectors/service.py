@@ -391,16 +391,11 @@ class VectorService:
         return self._epoch_seen
 
     async def _nearest_to(self, product_id: str, depth: int, epoch: int) -> "_NeighbourList":
-        state = await self.store.state()
-        if state.live is None:
-            return _NeighbourList(epoch, depth, False, ())
-        vector = await self.index.vector(state.live, product_id)
+        version, vector = await self.stored_vector(product_id)
         if vector is None or not np.any(vector):
             return _NeighbourList(epoch, depth, vector is not None, ())
         everything_else = Filters(in_stock=None, exclude=(product_id,))
-        nearest = await self.index.knn_ids(
-            vector, depth, everything_else, self.index.name(state.live)
-        )
+        nearest = await self.index.knn_ids(vector, depth, everything_else, self.index.name(version))
         return _NeighbourList(epoch, depth, True, tuple(nearest))
 
     async def near_blend(self, weights: Sequence[tuple[str, float]], k: int) -> BlendNeighbours:
