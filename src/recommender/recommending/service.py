@@ -247,18 +247,21 @@ class RecommendService:
         candidates, near, anchors = await self._for_you_candidates(
             shopper, k, filters.category, exclude_purchased
         )
-        head = candidates[: k * _KEPT_PER_ITEM]
-        named = await self._anchor_reasons([(p, r) for p, _, r in head], near, anchors)
-        head = [(p, score, named.get(p, reason)) for p, score, reason in head]
-        candidates[: len(head)] = head
         if kept is not None:
+            # The head is kept with its anchors named: a later request has no vectors to do it.
+            head = candidates[: k * _KEPT_PER_ITEM]
+            named = await self._anchor_reasons([(p, r) for p, _, r in head], near, anchors)
+            head = [(p, score, named.get(p, reason)) for p, score, reason in head]
+            candidates[: len(head)] = head
             value = _Candidates(complete=len(head) == len(candidates), items=head)
             await self.tracking.keep_derived(
                 shopper, name, kept.lease, _candidates_encoder.encode(value)
             )
         found, _ = await self._pick(candidates, k, filters)
-        past_head = [(item.id, item.reason) for item in found.items]
-        named = await self._anchor_reasons(past_head, near, anchors)
+        # Those still unnamed (all of them when nothing is kept) are named now.
+        named = await self._anchor_reasons(
+            [(item.id, item.reason) for item in found.items], near, anchors
+        )
         for item in found.items:
             item.reason = named.get(item.id, item.reason)
         return found
