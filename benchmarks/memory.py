@@ -54,7 +54,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,21 +273,35 @@ async def follow_refit(services: Services, started: float, progress: Progress) -
         await asyncio.sleep(0.05)
 
 
+async def write_batches(
+    write: Callable[[list[dict[str, Any]]], Awaitable[Any]],
+    items: list[dict[str, Any]],
+    size: int,
+    verb: str,
+    noun: str,
+    progress: Progress,
+) -> float:
+    """Every item through `write`, `size` at a time (none may be rejected); the seconds taken."""
+    started = time.perf_counter()
+    next_report = started + PROGRESS_SECONDS
+    for done, batch in enumerate(batches(items, size), start=1):
+        result = await write(batch)
+        if result.rejected:
+            raise RuntimeError(f"{result.rejected} {noun} rejected: {result.items[0]}")
+        if time.perf_counter() >= next_report:
+            progress(f"{verb} {done * size:,} of {len(items):,} {noun}")
+            next_report += PROGRESS_SECONDS
+    return time.perf_counter() - started
+
+
 async def import_products(
     client: "aioredis.Redis", services: Services, products: list[dict[str, Any]], progress: Progress
 ) -> dict[str, float]:
     """The catalog through the write path until its live index holds every product."""
     seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    next_report = started + PROGRESS_SECONDS
-    for done, batch in enumerate(batches(products, PRODUCT_BATCH), start=1):
-        result = await services.catalog.upsert_batch(batch)
-        if result.rejected:
-            raise RuntimeError(f"{result.rejected} products rejected: {result.items[0]}")
-        if time.perf_counter() >= next_report:
-            progress(f"imported {done * PRODUCT_BATCH:,} of {len(products):,} products")
-            next_report += PROGRESS_SECONDS
-    seconds["import products"] = time.perf_counter() - started
+    seconds["import products"] = await write_batches(
+        services.catalog.upsert_batch, products, PRODUCT_BATCH, "imported", "products", progress
+    )
     progress(f"imported {len(products):,} products in {seconds['import products']:.1f} s")
 
     started = time.perf_counter()
@@ -316,16 +330,9 @@ async def record_events(
 ) -> dict[str, float]:
     """The events through `TrackingService.record`, then the aggregator until caught up."""
     seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    next_report = started + PROGRESS_SECONDS
-    for done, batch in enumerate(batches(events, EVENT_BATCH), start=1):
-        result = await services.tracking.record(batch)
-        if result.rejected:
-            raise RuntimeError(f"{result.rejected} events rejected: {result.items[0]}")
-        if time.perf_counter() >= next_report:
-            progress(f"recorded {done * EVENT_BATCH:,} of {len(events):,} events")
-            next_report += PROGRESS_SECONDS
-    seconds["record events"] = time.perf_counter() - started
+    seconds["record events"] = await write_batches(
+        services.tracking.record, events, EVENT_BATCH, "recorded", "events", progress
+    )
     progress(f"recorded {len(events):,} events in {seconds['record events']:.1f} s; aggregating")
     seconds["aggregate events"] = await drain(client, runner_of(services, services.tracking.stream))
     progress(f"aggregated in {seconds['aggregate events']:.1f} s "
