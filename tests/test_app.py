@@ -1,6 +1,7 @@
 """The app shell: health, metrics, error rendering and request ids, on a real Redis."""
 
 import contextlib
+import gc
 import re
 import subprocess
 import time
@@ -56,6 +57,13 @@ async def test_ready_fails_when_a_consumer_is_not_running(
     body = response.json()
     assert body["status"] == "fail"
     assert body["failing"] == [f"consumer:{runner.stream}:g"]
+
+
+@pytest.mark.asyncio
+async def test_start_up_takes_what_it_built_out_of_full_collections(settings: Settings) -> None:
+    gc.unfreeze()
+    async with AsyncTestClient(create_app(settings)):
+        assert gc.get_freeze_count() > 0
 
 
 @pytest.mark.asyncio

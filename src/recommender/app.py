@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -89,6 +90,9 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
                     name="refit-when-due",
                 )
             )
+        # What start-up built lives as long as the process: full collections stop walking it
+        # (170k objects, 80-160 ms per collection on this machine, the requests' p99).
+        gc.freeze()
         yield
     finally:
         for task in background:

@@ -1,6 +1,7 @@
 """The indexer and refits on a real RediSearch: version-guarded writes, deletes, swaps."""
 
 import asyncio
+import gc
 
 import numpy as np
 import pytest
@@ -194,6 +195,24 @@ async def test_the_epoch_moves_with_the_live_vectors_only(services: Services, dr
     await services.catalog.delete("p9")
     await drain()
     assert await index.epoch() > grown
+
+
+@pytest.mark.asyncio
+async def test_cached_neighbour_lists_leave_nothing_for_the_garbage_collector_to_walk(
+    services: Services, drain: Drain
+) -> None:
+    colours = ["red", "blue", "green", "grey", "black", "white", "pink", "navy", "teal", "gold"]
+    kinds = ["wool", "silk", "knit"]
+    await add(services, *(f"{colour} {kind} scarf" for colour in colours for kind in kinds))
+    await drain()
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(30):
+        assert len(await services.vectors.neighbours(f"p{i}", 29) or []) == 29
+    gc.collect()
+    # 30 lists of 29 neighbours: as tracked tuples they were 870 more objects for every full
+    # collection to walk (a full cache: a million, 80-160 ms per collection).
+    assert len(gc.get_objects()) - before < 300
 
 
 @pytest.mark.asyncio

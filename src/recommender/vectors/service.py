@@ -58,7 +58,10 @@ class _NeighbourList:
     epoch: int  # the live index's vector epoch it was computed at
     depth: int  # how many were asked for: a shorter list is all there is
     embedded: bool
-    nearest: tuple[Neighbour, ...]
+    # Plain tuples of strings and floats, which the garbage collector stops tracking: a full
+    # cache as Neighbour tuples was a million tracked objects, each full collection walking them.
+    ids: tuple[str, ...]
+    scores: tuple[float, ...]
 
 
 class LiveModel(msgspec.Struct, kw_only=True):
@@ -380,7 +383,9 @@ class VectorService:
             )
             # Filed under the epoch read before the query: a write meanwhile invalidates it.
             self._neighbour_cache.put(product_id, found)
-        return list(found.nearest[:k]) if found.embedded else None
+        if not found.embedded:
+            return None
+        return [Neighbour(*pair) for pair in zip(found.ids[:k], found.scores[:k], strict=True)]
 
     async def _epoch(self) -> int:
         """The live vectors' epoch, read at most once per `neighbour_epoch_check_seconds`."""
@@ -393,10 +398,11 @@ class VectorService:
     async def _nearest_to(self, product_id: str, depth: int, epoch: int) -> "_NeighbourList":
         version, vector = await self.stored_vector(product_id)
         if vector is None or not np.any(vector):
-            return _NeighbourList(epoch, depth, vector is not None, ())
+            return _NeighbourList(epoch, depth, vector is not None, (), ())
         everything_else = Filters(in_stock=None, exclude=(product_id,))
         nearest = await self.index.knn_ids(vector, depth, everything_else, self.index.name(version))
-        return _NeighbourList(epoch, depth, True, tuple(nearest))
+        ids = tuple(n.product_id for n in nearest)
+        return _NeighbourList(epoch, depth, True, ids, tuple(n.score for n in nearest))
 
     async def near_blend(self, weights: Sequence[tuple[str, float]], k: int) -> BlendNeighbours:
         """The k products nearest the weighted sum of the given products' vectors.
