@@ -44,6 +44,7 @@ def settings(redis_url: str, namespace: str) -> Settings:
         streams=StreamSettings(
             consumers_enabled=False,
             block_ms=50,
+            linger_ms=0,  # a drain takes what is there (test_streams lingers on purpose)
             claim_idle_ms=200,
             retry_delay_ms=50,
             max_deliveries=3,

@@ -72,6 +72,9 @@ class StreamSettings(Setting, frozen=True):
     consumers_enabled: bool = True
     batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 100
     block_ms: Milliseconds = 1000
+    # A read that finds fewer than batch_size entries waits this long for more (0: not at all):
+    # a trickle is handled in batches, each costing the same few round trips however small.
+    linger_ms: Annotated[int, Meta(ge=0, le=1000)] = 50
     # A pending entry idle this long is taken over from its (presumably dead) consumer.
     claim_idle_ms: Milliseconds = 30_000
     # A failed entry is retried by the same consumer after this long.

@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import Sequence
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
@@ -71,6 +72,28 @@ async def test_delivers_in_batches_and_acks(redis: "aioredis.Redis", settings: S
     assert handler.batches == [5]
     assert await pending(redis, runner) == 0
     assert metric("recommender_stream_processed_total", runner) == 5
+
+
+@pytest.mark.asyncio
+async def test_a_short_read_lingers_and_takes_what_came_meanwhile_in_the_same_batch(
+    redis: "aioredis.Redis", settings: Settings
+) -> None:
+    lingering = msgspec.structs.replace(settings.streams, linger_ms=1000)
+    handler = Recorder()
+    runner = make_runner(redis, msgspec.structs.replace(settings, streams=lingering), handler)
+    await runner.ensure_group()
+    await add(redis, runner, 2)
+    step = asyncio.create_task(runner.step())
+    await asyncio.sleep(0.3)  # the step has read the two and lingers
+    await redis.xadd(runner.stream, {"n": "late"})
+    assert await step == 3
+    assert handler.batches == [3]
+    runner.start()
+    await add(redis, runner, 1)
+    await asyncio.sleep(0.3)
+    await asyncio.wait_for(runner.stop(), 0.5)  # a stop cuts the linger short...
+    assert handler.batches == [3, 1]  # ...and the step hands in what it read
+    assert await pending(redis, runner) == 0
 
 
 @pytest.mark.asyncio

@@ -74,6 +74,7 @@ class StreamRunner:
         self._stopping = False
         self._wake = asyncio.Event()  # set by stop(): cuts a backoff pause short
         self._next_trim = 0.0
+        self._next_claim = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -128,22 +129,34 @@ class StreamRunner:
     async def step(self) -> int:
         """Retry, reclaim, then read new entries; returns how many entries were handled."""
         handled = await self._process(await self._retry_own_failures())
-        handled += await self._process(await self._claim_abandoned())
+        if time.monotonic() >= self._next_claim:
+            # Nothing can be claimed before it idled claim_idle_ms: a tenth of that is soon enough.
+            self._next_claim = time.monotonic() + self.settings.claim_idle_ms / 10_000
+            handled += await self._process(await self._claim_abandoned())
         if self._stopping:
             return handled
-        handled += await self._process(await self._read_new(block=handled == 0))
+        handled += await self._process(await self._read_batch(block=handled == 0))
         if time.monotonic() >= self._next_trim:
             await self.trim()
             await self.refresh_metrics()
             self._next_trim = time.monotonic() + self.settings.trim_interval_seconds
         return handled
 
-    async def _read_new(self, *, block: bool) -> list[StreamEntry]:
+    async def _read_batch(self, *, block: bool) -> list[StreamEntry]:
+        """New entries; a short read waits `linger_ms` (or a stop) and takes what came since."""
+        entries = await self._read_new(self.settings.batch_size, block=block)
+        missing = self.settings.batch_size - len(entries)
+        if entries and missing and self.settings.linger_ms and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.linger_ms / 1000)
+            entries += await self._read_new(missing, block=False)
+        return entries
+
+    async def _read_new(self, count: int, *, block: bool) -> list[StreamEntry]:
         block_ms = self.settings.block_ms if block else None
         response: Any = await self.client.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"},
-            count=self.settings.batch_size, block=block_ms,
-        )  # fmt: skip
+            self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+        )
         if not response:
             return []
         return [StreamEntry(entry_id.decode(), _decode(raw)) for entry_id, raw in response[0][1]]
