@@ -32,13 +32,11 @@ Pace: trials start a second into the run, once wrk's connections are open, one e
 (0.2 s by default; at once after a trial that took longer), so about 5 a second and a few tens
 of requests/s, and stop at the asked count or when the run ends: 100 of each need a 41 s run.
 
-What it costs the mix is less its requests than its product writes (a POST and a PATCH per
-write trial, about 5/s at the default pace): each write to the live index bumps the index's
-one epoch, which voids every neighbour list cached in every process, so the mix's similar and
-"for you" requests run their KNN queries again (measured at 100 requests/s offered: FT.SEARCH
-went from under 2.7 to 4.4 per request, and Redis time per request from 0.7 to 2.5 ms). The
-report counts the writes; a run with `--freshness-trials 0` gives the mix's figures without
-them.
+Beside its requests, its product writes (a POST and a PATCH per write trial, about 5/s at the
+default pace) cost the mix KNN queries: each new vector voids the neighbour lists cached in
+every process that it enters (those of the copied product and of its nearest), which the mix's
+similar and "for you" requests then query again. The report counts the writes; a run with
+`--freshness-trials 0` gives the mix's figures without them.
 
 Afterwards the copies are deleted (the sessions' few view events stay, like the mix's); with a
 kept data dir the benchmark then refits if the next run's probe could otherwise start an
@@ -106,7 +104,7 @@ class Freshness(msgspec.Struct, kw_only=True):
     seconds: float  # from the first trial's start to the last one's end
     requests: int
     rps: float
-    product_writes: int  # POST and PATCH sent: each voids every process's neighbour cache
+    product_writes: int  # POST and PATCH sent: a new vector voids the cached lists it enters
     cpu_percent: float  # of one core, the probe's thread (part of the run's "other" CPU)
     open_at_end: int  # trials still open when the run ended: left out
     failed: int  # trials left out as their write or first GET failed (see errors)

@@ -103,10 +103,11 @@ class VectorSettings(Setting, frozen=True):
     # Products embedded per write batch while back-filling a new index version.
     backfill_batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 500
     # Each process keeps the nearest products (this many) of up to `size` products in memory,
-    # until a vector of the live index changes: similar and "for you" skip the KNN query.
+    # until a change of the live vectors could alter them (a vector that comes in or leaves
+    # their depth; a swap): similar and "for you" skip the KNN query.
     neighbour_cache_depth: Annotated[int, Meta(ge=1, le=1000)] = 50
     neighbour_cache_size: Annotated[int, Meta(ge=0, le=10_000_000)] = 20_000
-    # How often a process rereads that "until" (a product becomes someone's neighbour this much
+    # How often a process reads those changes (a product becomes someone's neighbour this much
     # later at most; deleted, changed and out-of-stock products never show: they are read fresh).
     neighbour_epoch_check_seconds: Annotated[float, Meta(ge=0, le=60)] = 0.1
 

@@ -2,7 +2,9 @@
 
 import asyncio
 import gc
+from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
@@ -13,6 +15,7 @@ from recommender.catalog.schemas import ProductUpdate
 from recommender.config import Settings
 from recommender.platform.redis import Keyspace
 from recommender.services import Services, build_services
+from recommender.vectors import Filters
 
 
 async def add(services: Services, *names: str) -> None:
@@ -213,6 +216,65 @@ async def test_cached_neighbour_lists_leave_nothing_for_the_garbage_collector_to
     # 30 lists of 29 neighbours: as tracked tuples they were 870 more objects for every full
     # collection to walk (a full cache: a million, 80-160 ms per collection).
     assert len(gc.get_objects()) - before < 300
+
+
+@pytest.mark.asyncio
+async def test_a_vector_change_drops_only_the_cached_neighbour_lists_it_can_alter(
+    services: Services, drain: Drain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vectors = services.vectors
+    vectors.settings = msgspec.structs.replace(vectors.settings, neighbour_cache_depth=1)
+    await add(services, "Red wool scarf", "Blue wool scarf", "Steel garden spade",
+              "Iron garden spade rake")  # fmt: skip
+    await drain()
+    queries: list[str] = []
+    knn_ids = vectors.index.knn_ids
+
+    async def counted(vector: Any, k: int, filters: Filters, index: str | None = None) -> Any:
+        queries.append(filters.exclude[0])
+        return await knn_ids(vector, k, filters, index)
+
+    monkeypatch.setattr(vectors.index, "knn_ids", counted)
+    spade = await vectors.neighbours("p2", 1)
+    assert spade is not None
+    assert spade[0].product_id == "p3"
+    await vectors.neighbours("p0", 1)
+    await services.catalog.create(ProductCreate(id="new", name="Grey wool scarf"))
+    await drain()
+    _, new = await vectors.stored_vector("new")
+    _, of_spade = await vectors.stored_vector("p2")
+    assert new is not None
+    assert of_spade is not None
+    assert float(new @ of_spade) < spade[0].score  # the premise: the scarf is no spade's nearest
+    assert await vectors.neighbours("p2", 1) == spade  # kept: no new query
+    assert [n.product_id for n in await vectors.neighbours("p0", 1) or []] == ["new"]
+    assert queries == ["p2", "p0", "p0"]
+
+
+@pytest.mark.asyncio
+async def test_a_gap_in_the_vector_change_log_clears_the_cached_neighbour_lists(
+    services: Services, drain: Drain, redis: "aioredis.Redis", settings: Settings
+) -> None:
+    vectors = services.vectors
+    vectors.settings = msgspec.structs.replace(vectors.settings, neighbour_cache_depth=2)
+    await add(services, "Red wool scarf", "Blue wool scarf", "Green wool hat", "Steel spade")
+    await drain()
+    before = await vectors.neighbours("p0", 2)
+    assert before is not None
+    await services.catalog.update("p1", ProductUpdate(name="Blue wool tie"))
+    await drain()
+    await redis.xtrim(vectors.index.changes_key, maxlen=0)  # that change's entry is lost
+    await services.catalog.create(ProductCreate(id="far", name="Iron garden rake"))
+    await drain()
+    _, far = await vectors.stored_vector("far")
+    _, red = await vectors.stored_vector("p0")
+    assert far is not None
+    assert red is not None
+    assert float(far @ red) < before[-1].score  # the premise: alone, "far" would keep the list
+    after = await vectors.neighbours("p0", 2)  # the next entry's epoch skips one: all cleared
+    assert after != before
+    fresh = build_services(redis, Keyspace(settings.redis.namespace), settings).vectors
+    assert after == await fresh.neighbours("p0", 2)
 
 
 @pytest.mark.asyncio

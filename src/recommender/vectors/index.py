@@ -4,6 +4,8 @@
     {ns}idx:products:v{version}  the index over that prefix
     {ns}idx:products             alias of the live index
     {ns}vectors:epoch            counter of changes to the live index's vectors (and swaps)
+    {ns}vectors:changes          stream of the latest of those: epoch, product, old, new vector
+                                 (or epoch, swap); processes drop the cached lists they reach
 
 Queries carry the product's public JSON (`doc`) back, so a result needs no second lookup.
 KNN queries are sent and their replies read here, not through redis-py's `ft().search`: its
@@ -36,26 +38,59 @@ _TAG_SPECIAL = re.compile(r"([^\w])")
 # Letters and digits only: RediSearch reads even a lone "_" as syntax (found by fuzzing).
 _TEXT_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 
+# Changes of the live index's vectors: each counts in KEYS[1] and is logged in stream KEYS[2]
+# with its number, the product and its old and new embedding ('' for none), for processes to
+# drop exactly the cached neighbour lists a change can alter (vectors.neighbours).
+_CHANGES_KEPT = 1000
+_LOG_CHANGE = f"""
+local function log_change(product, old, new)
+  local epoch = redis.call('INCR', KEYS[1])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', {_CHANGES_KEPT}, '*',
+             'epoch', epoch, 'product', product, 'old', old, 'new', new)
+end
+"""
+
 # Write the vector document only if the product still has the version that was embedded; a
-# product that no longer exists takes its vector document with it. KEYS[3], given for the live
-# index only, counts the changes to its vectors: cached neighbour lists are valid until it moves.
-# ARGV: version, embedding ('' when the text has no known term), then the other fields.
-_GUARDED_WRITE = """
-local current = redis.call('HGET', KEYS[1], 'version')
+# product that no longer exists takes its vector document with it. KEYS: epoch and changes
+# (both '' unless this is the live index), product, vector document. ARGV: product id, version,
+# embedding ('' when the text has no known term), then the other fields.
+_GUARDED_WRITE = (
+    _LOG_CHANGE
+    + """
+local live = KEYS[1] ~= ''
+local current = redis.call('HGET', KEYS[3], 'version')
+local old = redis.call('HGET', KEYS[4], 'embedding') or ''
 if not current then
-  if redis.call('DEL', KEYS[2]) == 1 and KEYS[3] then redis.call('INCR', KEYS[3]) end
+  if redis.call('DEL', KEYS[4]) == 1 and live then log_change(ARGV[1], old, '') end
   return -1
 end
-if current ~= ARGV[1] then return 0 end
-local old = redis.call('HGET', KEYS[2], 'embedding') or ''
-if ARGV[2] == '' then
-  redis.call('HDEL', KEYS[2], 'embedding')
-  redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+if current ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[4], 'embedding')
+  redis.call('HSET', KEYS[4], unpack(ARGV, 4))
 else
-  redis.call('HSET', KEYS[2], 'embedding', ARGV[2], unpack(ARGV, 3))
+  redis.call('HSET', KEYS[4], 'embedding', ARGV[3], unpack(ARGV, 4))
 end
-if old ~= ARGV[2] and KEYS[3] then redis.call('INCR', KEYS[3]) end
+if old ~= ARGV[3] and live then log_change(ARGV[1], old, ARGV[3]) end
 return 1
+"""
+)
+
+# Delete vector documents (KEYS[3:]) of products (ARGV), logging each from the live index.
+_DELETE = (
+    _LOG_CHANGE
+    + """
+for i = 3, #KEYS do
+  local old = redis.call('HGET', KEYS[i], 'embedding') or ''
+  if redis.call('DEL', KEYS[i]) == 1 and KEYS[1] ~= '' then log_change(ARGV[i - 2], old, '') end
+end
+"""
+)
+
+# A new index went live: every cached list is void.
+_SWAPPED = f"""
+local epoch = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', {_CHANGES_KEPT}, '*', 'epoch', epoch, 'swap', '1')
 """
 
 # Guarded writes per round trip. Each is an HNSW insertion in Redis (1-2 ms at 60k products on the
@@ -148,6 +183,26 @@ class Neighbour(NamedTuple):
     score: float
 
 
+@dataclass(frozen=True, slots=True)
+class VectorChange:
+    """One entry of the live index's change log."""
+
+    entry_id: str
+    epoch: int
+    product_id: str  # '' for a swap: a new index went live, every vector may have changed
+    old: np.ndarray[Any, np.dtype[np.float32]] | None  # None: it had no vector
+    new: np.ndarray[Any, np.dtype[np.float32]] | None  # None: it has none now
+
+
+def _logged_change(entry_id: bytes, fields: Mapping[bytes, bytes]) -> VectorChange:
+    old, new = fields.get(b"old", b""), fields.get(b"new", b"")
+    return VectorChange(
+        entry_id.decode(), int(fields[b"epoch"]), fields.get(b"product", b"").decode(),
+        np.frombuffer(old, dtype=np.float32) if old else None,
+        np.frombuffer(new, dtype=np.float32) if new else None,
+    )  # fmt: skip
+
+
 def search_hits(reply: Any) -> Iterator[tuple[bytes, Mapping[bytes, bytes]]]:
     """Each hit of a raw, undecoded FT.SEARCH reply in order: its document key and its fields.
 
@@ -186,8 +241,11 @@ class VectorIndex:
         self.settings = settings
         self.alias = keys.key("idx", "products")
         self.epoch_key = keys.key("vectors", "epoch")
+        self.changes_key = keys.key("vectors", "changes")
         self._vector_root = keys.key("vec", "").encode()
         self._guarded_write = client.register_script(_GUARDED_WRITE)
+        self._delete = client.register_script(_DELETE)
+        self._swapped = client.register_script(_SWAPPED)
         self._read_vectors = client.register_script(_READ_VECTORS)
 
     def name(self, version: int) -> str:
@@ -234,11 +292,24 @@ class VectorIndex:
 
     async def point_alias(self, version: int) -> None:
         await self.client.ft(self.name(version)).aliasupdate(self.alias)
-        await self.client.incr(self.epoch_key)
+        await self._swapped(keys=[self.epoch_key, self.changes_key])
 
     async def epoch(self) -> int:
         """Moves whenever a vector of the live index changes, appears or goes, and on a swap."""
         return int(await self.client.get(self.epoch_key) or 0)
+
+    async def last_change(self) -> tuple[str, int]:
+        """Where the change log ends: its last entry's id ('0-0' if none) and the epoch."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xrevrange(self.changes_key, count=1)
+            pipe.get(self.epoch_key)
+            last, epoch = await pipe.execute()
+        return (last[0][0].decode() if last else "0-0"), int(epoch or 0)
+
+    async def changes_after(self, entry_id: str, count: int) -> list[VectorChange]:
+        """The logged changes after `entry_id`, oldest first, at most `count`."""
+        raw: Any = await self.client.xrange(self.changes_key, min=f"({entry_id}", count=count)
+        return [_logged_change(found, fields) for found, fields in raw]
 
     async def drop(self, version: int) -> None:
         """Drop one version's index and its documents."""
@@ -265,7 +336,7 @@ class VectorIndex:
         """Guarded writes: 1 written, 0 skipped (the product changed since), -1 removed."""
         if len(products) != len(vectors):
             raise ValueError(f"{len(products)} products but {len(vectors)} vectors")
-        epoch = [self.epoch_key] if live else []
+        log = [self.epoch_key, self.changes_key] if live else ["", ""]
         results: list[int] = []
         for start in range(0, len(products), _WRITES_PER_ROUND_TRIP):
             end = start + _WRITES_PER_ROUND_TRIP
@@ -279,8 +350,8 @@ class VectorIndex:
                         else b""
                     )  # fmt: skip
                     await self._guarded_write(
-                        keys=[product_key(product.id), self.doc_key(version, product.id), *epoch],
-                        args=[product.version, embedding, *self._fields(product)],
+                        keys=[*log, product_key(product.id), self.doc_key(version, product.id)],
+                        args=[product.id, product.version, embedding, *self._fields(product)],
                         client=pipe,
                     )
                 replies: list[Any] = await pipe.execute()
@@ -325,11 +396,9 @@ class VectorIndex:
     async def delete(self, version: int, ids: Sequence[str], live: bool) -> None:
         if not ids:
             return
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(*(self.doc_key(version, product_id) for product_id in ids))
-            if live:
-                pipe.incr(self.epoch_key)
-            await pipe.execute()
+        log = [self.epoch_key, self.changes_key] if live else ["", ""]
+        docs = [self.doc_key(version, product_id) for product_id in ids]
+        await self._delete(keys=[*log, *docs], args=list(ids))
 
     def _fields(self, product: Product) -> list[Any]:
         fields: list[Any] = [

@@ -28,6 +28,7 @@ from recommender.platform.errors import AppError, StoreUnavailableError
 from recommender.platform.processes import run_in_process
 from recommender.vectors.index import Filters, Hit, Neighbour, VectorIndex
 from recommender.vectors.model import EmbeddingModel, ModelInfo, ProductText, fit_model_bytes
+from recommender.vectors.neighbours import NeighbourCache, NeighbourList
 from recommender.vectors.repository import ModelState, ModelStore
 
 log = structlog.get_logger()
@@ -42,6 +43,8 @@ _THREAD_FIT_TEXTS = 50
 # Search queries whose vectors one process keeps (1.5 KB each); a model version never changes,
 # so a kept vector never goes stale.
 _QUERY_VECTORS = 10_000
+# Changes read from the log per check; more waiting: the cache is cleared instead (a bulk write).
+_CHANGES_PER_READ = 64
 
 
 class RefitBusyError(AppError):
@@ -51,17 +54,6 @@ class RefitBusyError(AppError):
 
 class ModelNotReadyError(StoreUnavailableError):
     code = "model_not_ready"
-
-
-@dataclass(frozen=True, slots=True)
-class _NeighbourList:
-    epoch: int  # the live index's vector epoch it was computed at
-    depth: int  # how many were asked for: a shorter list is all there is
-    embedded: bool
-    # Plain tuples of strings and floats, which the garbage collector stops tracking: a full
-    # cache as Neighbour tuples was a million tracked objects, each full collection walking them.
-    ids: tuple[str, ...]
-    scores: tuple[float, ...]
 
 
 class LiveModel(msgspec.Struct, kw_only=True):
@@ -109,11 +101,11 @@ class VectorService:
         self._model_loading = asyncio.Lock()
         self._refit_task: asyncio.Task[Any] | None = None
         self._stopped = False
-        self._neighbour_cache: RecentCache[str, _NeighbourList] = RecentCache(
-            settings.neighbour_cache_size
-        )
+        self._neighbour_cache = NeighbourCache(settings.neighbour_cache_size)
+        self._following_changes = asyncio.Lock()
+        self._change_seen: str | None = None  # the last change log entry applied
         self._epoch_seen = 0
-        self._epoch_read_at = -math.inf
+        self._changes_read_at = -math.inf
         self._query_vectors: RecentCache[tuple[int, str], np.ndarray[Any, Any]] = RecentCache(
             _QUERY_VECTORS
         )
@@ -373,36 +365,57 @@ class VectorService:
     async def neighbours(self, product_id: str, k: int) -> list[Neighbour] | None:
         """The product's k nearest products by content, unfiltered; None if not embedded yet.
 
-        From this process's cache while the live vectors have not changed, else by KNN.
+        From this process's cache unless a change of the live vectors may have altered them,
+        else by KNN.
         """
-        epoch = await self._epoch()
-        found = self._neighbour_cache.get(product_id)
-        if found is None or found.epoch != epoch or found.depth < k:
-            found = await self._nearest_to(
-                product_id, max(k, self.settings.neighbour_cache_depth), epoch
-            )
-            # Filed under the epoch read before the query: a write meanwhile invalidates it.
-            self._neighbour_cache.put(product_id, found)
+        await self._follow_changes()
+        found = self._neighbour_cache.get(product_id, k)
+        if found is None:
+            computed_at = self._neighbour_cache.changes_applied
+            depth = max(k, self.settings.neighbour_cache_depth)
+            vector, found = await self._nearest_to(product_id, depth)
+            self._neighbour_cache.put(product_id, vector, found, computed_at)
         if not found.embedded:
             return None
         return [Neighbour(*pair) for pair in zip(found.ids[:k], found.scores[:k], strict=True)]
 
-    async def _epoch(self) -> int:
-        """The live vectors' epoch, read at most once per `neighbour_epoch_check_seconds`."""
-        now = time.monotonic()
-        if now - self._epoch_read_at >= self.settings.neighbour_epoch_check_seconds:
-            self._epoch_seen = await self.index.epoch()
-            self._epoch_read_at = now
-        return self._epoch_seen
+    async def _follow_changes(self) -> None:
+        """Apply the live vectors' logged changes to the neighbour cache, at most once per
+        `neighbour_epoch_check_seconds`; a gap in the log (or a swap, or a burst) clears it."""
+        async with self._following_changes:  # one reader at a time: each change read once
+            now = time.monotonic()
+            if now - self._changes_read_at < self.settings.neighbour_epoch_check_seconds:
+                return
+            self._changes_read_at = now
+            if self._change_seen is not None:
+                changes = await self.index.changes_after(self._change_seen, _CHANGES_PER_READ)
+                if not changes:
+                    return
+                epochs = [change.epoch for change in changes]
+                contiguous = epochs == list(range(self._epoch_seen + 1, epochs[-1] + 1))
+                if (
+                    contiguous
+                    and len(changes) < _CHANGES_PER_READ
+                    and all(change.product_id for change in changes)
+                ):
+                    self._neighbour_cache.apply(changes)
+                    self._change_seen, self._epoch_seen = changes[-1].entry_id, epochs[-1]
+                    return
+            # Where the log ends first: a list computed after the clear includes all before it.
+            self._change_seen, self._epoch_seen = await self.index.last_change()
+            self._neighbour_cache.clear()
 
-    async def _nearest_to(self, product_id: str, depth: int, epoch: int) -> "_NeighbourList":
+    async def _nearest_to(
+        self, product_id: str, depth: int
+    ) -> tuple[np.ndarray[Any, Any] | None, NeighbourList]:
+        """The product's vector and its `depth` nearest (none for a vector of zeros)."""
         version, vector = await self.stored_vector(product_id)
         if vector is None or not np.any(vector):
-            return _NeighbourList(epoch, depth, vector is not None, (), ())
+            return vector, NeighbourList(depth, vector is not None, (), ())
         everything_else = Filters(in_stock=None, exclude=(product_id,))
         nearest = await self.index.knn_ids(vector, depth, everything_else, self.index.name(version))
         ids = tuple(n.product_id for n in nearest)
-        return _NeighbourList(epoch, depth, True, ids, tuple(n.score for n in nearest))
+        return vector, NeighbourList(depth, True, ids, tuple(n.score for n in nearest))
 
     async def near_blend(self, weights: Sequence[tuple[str, float]], k: int) -> BlendNeighbours:
         """The k products nearest the weighted sum of the given products' vectors.

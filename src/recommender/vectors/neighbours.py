@@ -1,0 +1,128 @@
+"""Each process's cache of products' nearest products, kept until a vector change can alter one.
+
+A list of a product's `depth` nearest is stale after product X's vector changes only if X was in
+it or now belongs in it: the cosine of X's old or new vector with the product's reaches the
+list's last score. So every cached list keeps its product's vector and that score, and a change
+drops just the lists it reaches (one matrix product), instead of every list in the process.
+A list shorter than its depth holds everything there is, so any new vector may join it.
+"""
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from recommender.vectors.index import VectorChange
+from recommender.vectors.model import DIMS
+
+# RediSearch computes the cosine apart from us, in float32: a list's floor sits this far below
+# its last score, so that float noise can only drop a list, never keep a stale one.
+_MARGIN = 1e-4
+_FIRST_ROWS = 1024
+Vector = np.ndarray[Any, np.dtype[np.float32]]
+
+
+@dataclass(frozen=True, slots=True)
+class NeighbourList:
+    depth: int  # how many were asked for: a shorter list is all there is
+    embedded: bool  # False: the product has no vector (yet), so no neighbours either
+    # Plain tuples of strings and floats, which the garbage collector stops tracking: a full
+    # cache as tuples of Neighbour was a million tracked objects, each full collection walking them.
+    ids: tuple[str, ...]
+    scores: tuple[float, ...]
+
+
+class NeighbourCache:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._slots: OrderedDict[str, int] = OrderedDict()  # least recently used first
+        self._lists: list[NeighbourList | None] = []  # by slot
+        self._owners: list[str | None] = []  # by slot
+        self._free: list[int] = []
+        self._vectors: Vector = np.zeros((0, DIMS), dtype=np.float32)
+        self._floors = np.zeros(0, dtype=np.float32)
+        self._changes = 0  # changes applied (and clears): a list computed across one is not kept
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    @property
+    def changes_applied(self) -> int:
+        return self._changes
+
+    def get(self, product_id: str, depth: int) -> NeighbourList | None:
+        slot = self._slots.get(product_id)
+        if slot is None:
+            return None
+        found = self._lists[slot]
+        if found is None or found.depth < depth:
+            return None
+        self._slots.move_to_end(product_id)
+        return found
+
+    def put(
+        self, product_id: str, vector: Vector | None, found: NeighbourList, computed_at: int
+    ) -> None:
+        """Keep a list computed when `changes_applied` was `computed_at`, unless a change came
+        since: it may predate that change, which was applied to the lists already kept."""
+        if computed_at != self._changes or self.capacity == 0:
+            return
+        self._drop(product_id)
+        while len(self._slots) >= self.capacity:
+            self._drop(next(iter(self._slots)))
+        slot = self._take_slot()
+        self._slots[product_id] = slot
+        self._lists[slot] = found
+        self._owners[slot] = product_id
+        if vector is not None and found.embedded:
+            self._vectors[slot] = vector
+        if len(found.ids) < found.depth:
+            self._floors[slot] = -np.inf  # all there is: any new vector may join it
+        else:  # full: only a vector at least as near as its last may enter or leave it
+            self._floors[slot] = found.scores[-1] - _MARGIN
+
+    def apply(self, changes: Sequence[VectorChange]) -> None:
+        """Drop the lists these changes can alter (and the changed products' own lists)."""
+        self._changes += 1
+        for change in changes:
+            self._drop(change.product_id)
+        vectors = [v for c in changes for v in (c.old, c.new) if v is not None]
+        if not vectors or not self._slots:
+            return
+        rows = len(self._lists)
+        cosines = self._vectors[:rows] @ np.stack(vectors).T
+        for slot in np.flatnonzero(cosines.max(axis=1) >= self._floors[:rows]):
+            if (product_id := self._owners[slot]) is not None:
+                self._drop(product_id)
+
+    def clear(self) -> None:
+        self._changes += 1
+        for product_id in list(self._slots):
+            self._drop(product_id)
+
+    def _drop(self, product_id: str) -> None:
+        slot = self._slots.pop(product_id, None)
+        if slot is None:
+            return
+        self._lists[slot] = None
+        self._owners[slot] = None
+        self._vectors[slot] = 0.0
+        self._floors[slot] = np.inf  # an empty slot is reached by nothing
+        self._free.append(slot)
+
+    def _take_slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        slot = len(self._lists)
+        if slot == len(self._floors):  # grow by doubling, up to the capacity
+            size = min(max(_FIRST_ROWS, 2 * slot), self.capacity)
+            vectors = np.zeros((size, DIMS), dtype=np.float32)
+            vectors[:slot] = self._vectors
+            floors = np.full(size, np.inf, dtype=np.float32)
+            floors[:slot] = self._floors
+            self._vectors, self._floors = vectors, floors
+        self._lists.append(None)
+        self._owners.append(None)
+        return slot
