@@ -23,6 +23,14 @@ async def add(services: Services, *names: str) -> None:
         await services.catalog.create(ProductCreate(id=f"p{i}", name=name))
 
 
+async def cosine(services: Services, one: str, other: str) -> float:
+    _, first = await services.vectors.stored_vector(one)
+    _, second = await services.vectors.stored_vector(other)
+    assert first is not None
+    assert second is not None
+    return float(first @ second)
+
+
 @pytest.mark.asyncio
 async def test_first_product_fits_a_model_and_is_indexed(
     services: Services, drain: Drain, redis: "aioredis.Redis"
@@ -241,11 +249,8 @@ async def test_a_vector_change_drops_only_the_cached_neighbour_lists_it_can_alte
     await vectors.neighbours("p0", 1)
     await services.catalog.create(ProductCreate(id="new", name="Grey wool scarf"))
     await drain()
-    _, new = await vectors.stored_vector("new")
-    _, of_spade = await vectors.stored_vector("p2")
-    assert new is not None
-    assert of_spade is not None
-    assert float(new @ of_spade) < spade[0].score  # the premise: the scarf is no spade's nearest
+    # The premise: the new scarf is no spade's nearest.
+    assert await cosine(services, "new", "p2") < spade[0].score
     assert await vectors.neighbours("p2", 1) == spade  # kept: no new query
     assert [n.product_id for n in await vectors.neighbours("p0", 1) or []] == ["new"]
     assert queries == ["p2", "p0", "p0"]
@@ -266,11 +271,8 @@ async def test_a_gap_in_the_vector_change_log_clears_the_cached_neighbour_lists(
     await redis.xtrim(vectors.index.changes_key, maxlen=0)  # that change's entry is lost
     await services.catalog.create(ProductCreate(id="far", name="Iron garden rake"))
     await drain()
-    _, far = await vectors.stored_vector("far")
-    _, red = await vectors.stored_vector("p0")
-    assert far is not None
-    assert red is not None
-    assert float(far @ red) < before[-1].score  # the premise: alone, "far" would keep the list
+    # The premise: alone, the "far" change would leave the list kept.
+    assert await cosine(services, "far", "p0") < before[-1].score
     after = await vectors.neighbours("p0", 2)  # the next entry's epoch skips one: all cleared
     assert after != before
     fresh = build_services(redis, Keyspace(settings.redis.namespace), settings).vectors
