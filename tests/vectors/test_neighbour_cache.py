@@ -17,7 +17,7 @@ def unit(*weights: float) -> np.ndarray[Any, np.dtype[np.float32]]:
 
 
 def change(product_id: str, old: Any = None, new: Any = None) -> VectorChange:
-    return VectorChange("0-1", 1, product_id, old, new)
+    return VectorChange(product_id, old, new)
 
 
 def listed(*pairs: tuple[str, float], depth: int = 2) -> NeighbourList:

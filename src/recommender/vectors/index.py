@@ -29,6 +29,7 @@ from redis.exceptions import ResponseError
 
 from recommender.catalog import Product, category_prefixes
 from recommender.config import VectorSettings
+from recommender.platform.changelog import log_change_lua
 from recommender.platform.redis import Keyspace
 from recommender.vectors.model import DIMS
 
@@ -38,30 +39,23 @@ _TAG_SPECIAL = re.compile(r"([^\w])")
 # Letters and digits only: RediSearch reads even a lone "_" as syntax (found by fuzzing).
 _TEXT_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 
-# Changes of the live index's vectors: each counts in KEYS[1] and is logged in stream KEYS[2]
-# with its number, the product and its old and new embedding ('' for none), for processes to
-# drop exactly the cached neighbour lists a change can alter (vectors.neighbours).
-_CHANGES_KEPT = 1000
-_LOG_CHANGE = f"""
-local function log_change(product, old, new)
-  local epoch = redis.call('INCR', KEYS[1])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', {_CHANGES_KEPT}, '*',
-             'epoch', epoch, 'product', product, 'old', old, 'new', new)
-end
-"""
+# Changes of the live index's vectors are logged (KEYS[1] counts them, stream KEYS[2] keeps the
+# latest) with the product and its old and new embedding ('' for none), for processes to drop
+# exactly the cached neighbour lists a change can alter (vectors.neighbours).
 
 # Write the vector document only if the product still has the version that was embedded; a
 # product that no longer exists takes its vector document with it. KEYS: epoch and changes
 # (both '' unless this is the live index), product, vector document. ARGV: product id, version,
 # embedding ('' when the text has no known term), then the other fields.
-_GUARDED_WRITE = (
-    _LOG_CHANGE
-    + """
+_GUARDED_WRITE = log_change_lua() + (
+    """
 local live = KEYS[1] ~= ''
 local current = redis.call('HGET', KEYS[3], 'version')
 local old = redis.call('HGET', KEYS[4], 'embedding') or ''
 if not current then
-  if redis.call('DEL', KEYS[4]) == 1 and live then log_change(ARGV[1], old, '') end
+  if redis.call('DEL', KEYS[4]) == 1 and live then
+    log_change(KEYS[1], KEYS[2], 'product', ARGV[1], 'old', old, 'new', '')
+  end
   return -1
 end
 if current ~= ARGV[2] then return 0 end
@@ -71,27 +65,32 @@ if ARGV[3] == '' then
 else
   redis.call('HSET', KEYS[4], 'embedding', ARGV[3], unpack(ARGV, 4))
 end
-if old ~= ARGV[3] and live then log_change(ARGV[1], old, ARGV[3]) end
+if old ~= ARGV[3] and live then
+  log_change(KEYS[1], KEYS[2], 'product', ARGV[1], 'old', old, 'new', ARGV[3])
+end
 return 1
 """
 )
 
 # Delete vector documents (KEYS[3:]) of products (ARGV), logging each from the live index.
-_DELETE = (
-    _LOG_CHANGE
-    + """
+_DELETE = log_change_lua() + (
+    """
 for i = 3, #KEYS do
   local old = redis.call('HGET', KEYS[i], 'embedding') or ''
-  if redis.call('DEL', KEYS[i]) == 1 and KEYS[1] ~= '' then log_change(ARGV[i - 2], old, '') end
+  if redis.call('DEL', KEYS[i]) == 1 and KEYS[1] ~= '' then
+    log_change(KEYS[1], KEYS[2], 'product', ARGV[i - 2], 'old', old, 'new', '')
+  end
 end
 """
 )
 
 # A new index went live: every cached list is void.
-_SWAPPED = f"""
-local epoch = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', {_CHANGES_KEPT}, '*', 'epoch', epoch, 'swap', '1')
+_SWAPPED = (
+    log_change_lua()
+    + """
+log_change(KEYS[1], KEYS[2], 'swap', '1')
 """
+)
 
 # Guarded writes per round trip. Each is an HNSW insertion in Redis (1-2 ms at 60k products on the
 # 2-core machine) and a round trip must end within the client's socket timeout (2 s): 500 in one
@@ -185,22 +184,23 @@ class Neighbour(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class VectorChange:
-    """One entry of the live index's change log."""
+    """One logged change of a live vector."""
 
-    entry_id: str
-    epoch: int
-    product_id: str  # '' for a swap: a new index went live, every vector may have changed
+    product_id: str
     old: np.ndarray[Any, np.dtype[np.float32]] | None  # None: it had no vector
     new: np.ndarray[Any, np.dtype[np.float32]] | None  # None: it has none now
 
 
-def _logged_change(entry_id: bytes, fields: Mapping[bytes, bytes]) -> VectorChange:
-    old, new = fields.get(b"old", b""), fields.get(b"new", b"")
+def vector_change(fields: Mapping[bytes, bytes]) -> VectorChange | None:
+    """A change log entry's change; None for a swap (a new index went live)."""
+    if b"swap" in fields:
+        return None
+    old, new = fields[b"old"], fields[b"new"]
     return VectorChange(
-        entry_id.decode(), int(fields[b"epoch"]), fields.get(b"product", b"").decode(),
+        fields[b"product"].decode(),
         np.frombuffer(old, dtype=np.float32) if old else None,
         np.frombuffer(new, dtype=np.float32) if new else None,
-    )  # fmt: skip
+    )
 
 
 def search_hits(reply: Any) -> Iterator[tuple[bytes, Mapping[bytes, bytes]]]:
@@ -297,19 +297,6 @@ class VectorIndex:
     async def epoch(self) -> int:
         """Moves whenever a vector of the live index changes, appears or goes, and on a swap."""
         return int(await self.client.get(self.epoch_key) or 0)
-
-    async def last_change(self) -> tuple[str, int]:
-        """Where the change log ends: its last entry's id ('0-0' if none) and the epoch."""
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xrevrange(self.changes_key, count=1)
-            pipe.get(self.epoch_key)
-            last, epoch = await pipe.execute()
-        return (last[0][0].decode() if last else "0-0"), int(epoch or 0)
-
-    async def changes_after(self, entry_id: str, count: int) -> list[VectorChange]:
-        """The logged changes after `entry_id`, oldest first, at most `count`."""
-        raw: Any = await self.client.xrange(self.changes_key, min=f"({entry_id}", count=count)
-        return [_logged_change(found, fields) for found, fields in raw]
 
     async def drop(self, version: int) -> None:
         """Drop one version's index and its documents."""

@@ -10,9 +10,8 @@ worker thread.
 
 import asyncio
 import contextlib
-import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +23,10 @@ from redis.exceptions import RedisError
 from recommender.catalog import CatalogService, Product
 from recommender.config import VectorSettings
 from recommender.platform.cache import RecentCache
+from recommender.platform.changelog import ChangeFollower
 from recommender.platform.errors import AppError, StoreUnavailableError
 from recommender.platform.processes import run_in_process
-from recommender.vectors.index import Filters, Hit, Neighbour, VectorIndex
+from recommender.vectors.index import Filters, Hit, Neighbour, VectorIndex, vector_change
 from recommender.vectors.model import EmbeddingModel, ModelInfo, ProductText, fit_model_bytes
 from recommender.vectors.neighbours import NeighbourCache, NeighbourList
 from recommender.vectors.repository import ModelState, ModelStore
@@ -43,8 +43,6 @@ _THREAD_FIT_TEXTS = 50
 # Search queries whose vectors one process keeps (1.5 KB each); a model version never changes,
 # so a kept vector never goes stale.
 _QUERY_VECTORS = 10_000
-# Changes read from the log per check; more waiting: the cache is cleared instead (a bulk write).
-_CHANGES_PER_READ = 64
 
 
 class RefitBusyError(AppError):
@@ -102,10 +100,11 @@ class VectorService:
         self._refit_task: asyncio.Task[Any] | None = None
         self._stopped = False
         self._neighbour_cache = NeighbourCache(settings.neighbour_cache_size)
-        self._following_changes = asyncio.Lock()
-        self._change_seen: str | None = None  # the last change log entry applied
-        self._epoch_seen = 0
-        self._changes_read_at = -math.inf
+        self._vector_changes = ChangeFollower(
+            index.client, index.epoch_key, index.changes_key,
+            period=settings.neighbour_epoch_check_seconds,
+            apply=self._apply_vector_changes, clear=self._neighbour_cache.clear,
+        )  # fmt: skip
         self._query_vectors: RecentCache[tuple[int, str], np.ndarray[Any, Any]] = RecentCache(
             _QUERY_VECTORS
         )
@@ -368,7 +367,7 @@ class VectorService:
         From this process's cache unless a change of the live vectors may have altered them,
         else by KNN.
         """
-        await self._follow_changes()
+        await self._vector_changes.follow()
         found = self._neighbour_cache.get(product_id, k)
         if found is None:
             computed_at = self._neighbour_cache.changes_applied
@@ -379,31 +378,13 @@ class VectorService:
             return None
         return [Neighbour(*pair) for pair in zip(found.ids[:k], found.scores[:k], strict=True)]
 
-    async def _follow_changes(self) -> None:
-        """Apply the live vectors' logged changes to the neighbour cache, at most once per
-        `neighbour_epoch_check_seconds`; a gap in the log (or a swap, or a burst) clears it."""
-        async with self._following_changes:  # one reader at a time: each change read once
-            now = time.monotonic()
-            if now - self._changes_read_at < self.settings.neighbour_epoch_check_seconds:
-                return
-            self._changes_read_at = now
-            if self._change_seen is not None:
-                changes = await self.index.changes_after(self._change_seen, _CHANGES_PER_READ)
-                if not changes:
-                    return
-                epochs = [change.epoch for change in changes]
-                contiguous = epochs == list(range(self._epoch_seen + 1, epochs[-1] + 1))
-                if (
-                    contiguous
-                    and len(changes) < _CHANGES_PER_READ
-                    and all(change.product_id for change in changes)
-                ):
-                    self._neighbour_cache.apply(changes)
-                    self._change_seen, self._epoch_seen = changes[-1].entry_id, epochs[-1]
-                    return
-            # Where the log ends first: a list computed after the clear includes all before it.
-            self._change_seen, self._epoch_seen = await self.index.last_change()
-            self._neighbour_cache.clear()
+    def _apply_vector_changes(self, entries: Sequence[Mapping[bytes, bytes]]) -> bool:
+        changes = [vector_change(entry) for entry in entries]
+        found = [change for change in changes if change is not None]
+        if len(found) < len(changes):  # a swap: every vector may have changed
+            return False
+        self._neighbour_cache.apply(found)
+        return True
 
     async def _nearest_to(
         self, product_id: str, depth: int
