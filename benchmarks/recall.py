@@ -59,7 +59,7 @@ from benchmarks.support import (
     wait_indexed,
 )
 from recommender.catalog import CatalogRepository, CatalogService, Product
-from recommender.config import RedisSettings, VectorSettings
+from recommender.config import CatalogSettings, RedisSettings, VectorSettings
 from recommender.platform.redis import Keyspace, create_client
 from recommender.vectors.index import TAG_SEPARATOR, Filters, VectorIndex
 from recommender.vectors.model import DIMS, EmbeddingModel, ProductText, Vectors, fit_model
@@ -505,7 +505,7 @@ async def measure_all(
     efs: Sequence[int],
 ) -> None:
     print(f"machine: {machine_load()}")
-    catalog = CatalogService(CatalogRepository(client, Keyspace(NAMESPACE)))
+    catalog = CatalogService(CatalogRepository(client, Keyspace(NAMESPACE)), CatalogSettings())
     products = await store_catalog(catalog, catalog_data.products)
     ids = [product.id for product in products]
     bench = Bench(client, queries, truth, ids)

@@ -12,6 +12,7 @@ from litestar.testing import AsyncTestClient
 from recommender.app import create_app
 from recommender.cli import main
 from recommender.config import (
+    CatalogSettings,
     EmbeddedRedisSettings,
     LoggingSettings,
     RedisSettings,
@@ -51,8 +52,9 @@ def settings(redis_url: str, namespace: str) -> Settings:
             trim_interval_seconds=3600,
         ),
         logging=LoggingSettings(format="json", access_log=False),
-        # A drained write shows at once: no process may go on trusting its cached neighbours.
+        # A drained write shows at once: no process may go on trusting its cached neighbours...
         vectors=VectorSettings(neighbour_epoch_check_seconds=0),
+        catalog=CatalogSettings(change_check_seconds=0),  # ...or products
     )
 
 

@@ -67,6 +67,14 @@ class RedisSettings(Setting, frozen=True):
     embedded: EmbeddedRedisSettings = msgspec.field(default_factory=EmbeddedRedisSettings)
 
 
+class CatalogSettings(Setting, frozen=True):
+    # Each process keeps this many products (their JSON) in memory for the lists it serves...
+    product_cache_size: Annotated[int, Meta(ge=0, le=10_000_000)] = 50_000
+    # ...and reads the catalog's changes this often: another process's write (an update, out of
+    # stock, a delete) shows in this one's lists this much later at most; its own at once.
+    change_check_seconds: Annotated[float, Meta(ge=0, le=60)] = 0.1
+
+
 class StreamSettings(Setting, frozen=True):
     # Off: no consumer runs in this process (tests drive them by hand; API-only replicas).
     consumers_enabled: bool = True
@@ -108,7 +116,7 @@ class VectorSettings(Setting, frozen=True):
     neighbour_cache_depth: Annotated[int, Meta(ge=1, le=1000)] = 50
     neighbour_cache_size: Annotated[int, Meta(ge=0, le=10_000_000)] = 20_000
     # How often a process reads those changes (a product becomes someone's neighbour this much
-    # later at most; deleted, changed and out-of-stock products never show: they are read fresh).
+    # later at most; products themselves are read through the catalog's own cache).
     neighbour_epoch_check_seconds: Annotated[float, Meta(ge=0, le=60)] = 0.1
 
 
@@ -242,6 +250,7 @@ class Settings(Setting, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     streams: StreamSettings = msgspec.field(default_factory=StreamSettings)
+    catalog: CatalogSettings = msgspec.field(default_factory=CatalogSettings)
     vectors: VectorSettings = msgspec.field(default_factory=VectorSettings)
     recommend: RecommendSettings = msgspec.field(default_factory=RecommendSettings)
     search: SearchSettings = msgspec.field(default_factory=SearchSettings)

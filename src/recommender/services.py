@@ -28,7 +28,7 @@ class Services:
 
 
 def build_services(client: "aioredis.Redis", keys: Keyspace, settings: Settings) -> Services:
-    catalog = CatalogService(CatalogRepository(client, keys))
+    catalog = CatalogService(CatalogRepository(client, keys), settings.catalog)
     index = VectorIndex(client, keys, settings.vectors)
     vectors = VectorService(catalog, ModelStore(client, keys), index, settings.vectors)
     tracking = TrackingService(TrackingRepository(client, keys), catalog, settings.tracking)

@@ -3,10 +3,13 @@
 import asyncio
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from litestar.testing import AsyncTestClient
 
+from recommender.catalog import CatalogRepository, CatalogService, ProductCreate
+from recommender.catalog.schemas import ProductUpdate
 from recommender.config import Settings
 from recommender.platform.redis import Keyspace
 
@@ -212,3 +215,28 @@ async def test_concurrent_patches_are_all_applied(client: AsyncTestClient) -> No
     assert all(r.status_code == 200 for r in responses)
     assert sorted(r.json()["version"] for r in responses) == list(range(2, 12))
     assert (await client.get("/api/v1/products/mug-1")).json()["version"] == 11
+
+
+@pytest.mark.asyncio
+async def test_lists_read_products_through_a_cache_that_follows_the_catalogs_changes(
+    redis: "aioredis.Redis", settings: Settings
+) -> None:
+    keys = Keyspace(settings.redis.namespace)
+    hourly = msgspec.structs.replace(settings.catalog, change_check_seconds=3600)
+    this = CatalogService(CatalogRepository(redis, keys), hourly)
+    other = CatalogService(CatalogRepository(redis, keys), settings.catalog)  # another process
+    await other.create(ProductCreate(id="p", name="Red scarf", price=2.0))
+    (first,) = await this.get_many(["p"], cached=True)
+    await other.update("p", ProductUpdate(in_stock=False))
+    assert await this.get_many(["p"], cached=True) == [first]  # the change is not read yet
+    (fresh,) = await this.get_many(["p"])
+    assert fresh is not None
+    assert not fresh.in_stock  # an uncached read is always fresh
+    await this.update("p", ProductUpdate(price=3.0))
+    (own,) = await this.get_many(["p"], cached=True)
+    assert own is not None
+    assert (own.price, own.in_stock) == (3.0, False)  # its own writes at once
+    following = CatalogService(CatalogRepository(redis, keys), settings.catalog)  # reads each time
+    assert await following.get_many(["p", "unknown"], cached=True) == [own, None]
+    await other.delete("p")
+    assert await following.get_many(["p"], cached=True) == [None]

@@ -4,6 +4,8 @@
     {ns}catalog:ids              sorted set of every id (score 0: ordered by id, for cursors)
     {ns}catalog:category:{path}  sorted set of the ids under a category path prefix
     {ns}stream:catalog           events {op, id, version} for the other modules' consumers
+    {ns}catalog:epoch, :changes  the change log (platform.changelog): each written product's id,
+                                 for the processes' product caches
 
 A write is one Lua script: compare the version the service read, store the product, maintain
 the id sets and append the event, all or nothing. A product is never stored without its event.
@@ -17,25 +19,32 @@ import msgspec
 import redis.asyncio as aioredis
 
 from recommender.catalog.schemas import Product, category_prefixes
+from recommender.platform.changelog import log_change_lua
 from recommender.platform.redis import Keyspace
 
-_WRITE = """
+# KEYS: product, ids, stream, change log counter and stream, then the category sets (removed
+# first). ARGV: expected version, id, version, json, op, how many category sets are removals.
+_WRITE = (
+    log_change_lua()
+    + """
 local current = redis.call('HGET', KEYS[1], 'version') or '0'
 if current ~= ARGV[1] then return 0 end
 local id, version, json, op = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local removed = tonumber(ARGV[6])
-for i = 1, removed do redis.call('ZREM', KEYS[3 + i], id) end
+for i = 1, removed do redis.call('ZREM', KEYS[5 + i], id) end
 if op == 'delete' then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], id)
 else
   redis.call('HSET', KEYS[1], 'json', json, 'version', version)
   redis.call('ZADD', KEYS[2], 0, id)
-  for i = 4 + removed, #KEYS do redis.call('ZADD', KEYS[i], 0, id) end
+  for i = 6 + removed, #KEYS do redis.call('ZADD', KEYS[i], 0, id) end
 end
 redis.call('XADD', KEYS[3], '*', 'op', op, 'id', id, 'version', version)
+log_change(KEYS[4], KEYS[5], 'product', id)
 return 1
 """
+)
 
 # Many products in one command: a pipeline of HGETs costs the client far more per product.
 _GET_MANY = """
@@ -46,6 +55,10 @@ return found
 
 _decoder = msgspec.json.Decoder(Product)
 _encoder = msgspec.json.Encoder()
+
+
+def decode(stored: bytes) -> Product:
+    return _decoder.decode(stored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +76,8 @@ class CatalogRepository:
         self.client = client
         self.keys = keys
         self.stream = keys.key("stream", "catalog")
+        self.epoch_key = keys.key("catalog", "epoch")
+        self.changes_key = keys.key("catalog", "changes")
         self._write_script = client.register_script(_WRITE)
         self._get_many_script = client.register_script(_GET_MANY)
 
@@ -77,10 +92,14 @@ class CatalogRepository:
         return self.keys.key("catalog", "ids")
 
     async def get_many(self, ids: Sequence[str]) -> list[Product | None]:
+        return [decode(item) if item is not None else None for item in await self.read_many(ids)]
+
+    async def read_many(self, ids: Sequence[str]) -> list[bytes | None]:
+        """The products' JSON as stored."""
         if not ids:
             return []
         raw: list[Any] = await self._get_many_script(keys=[self.product_key(i) for i in ids])
-        return [_decoder.decode(item) if item is not None else None for item in raw]
+        return raw
 
     async def write_many(self, writes: Sequence[Write]) -> list[bool]:
         """Apply each write atomically; False where another writer got there first."""
@@ -96,6 +115,7 @@ class CatalogRepository:
         removed = [path for path in old if path not in new]
         added = [path for path in new if path not in old]
         keys = [self.product_key(write.id), self.ids_key, self.stream]
+        keys += [self.epoch_key, self.changes_key]
         keys += [self.category_key(path) for path in removed + added]
         version = write.product.version if write.product else write.expected + 1
         args: list[Any] = [

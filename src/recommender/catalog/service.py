@@ -1,13 +1,19 @@
-"""Product CRUD. Every write stores the product and emits its catalog event atomically."""
+"""Product CRUD. Every write stores the product and emits its catalog event atomically.
+
+The lists (similar, for you, ...) read their products through each process's cache of the
+stored JSON, which follows the catalog's change log (platform.changelog): another process's
+write reaches it within `catalog.change_check_seconds`, this process's own at once. Writes and
+the consumers read Redis.
+"""
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from recommender.catalog.repository import CatalogRepository, Write
+from recommender.catalog.repository import CatalogRepository, Write, decode
 from recommender.catalog.schemas import (
     BatchItemResult,
     BatchResult,
@@ -18,6 +24,9 @@ from recommender.catalog.schemas import (
     ProductUpdate,
     normalise_category,
 )
+from recommender.config import CatalogSettings
+from recommender.platform.cache import RecentCache
+from recommender.platform.changelog import ChangeFollower
 from recommender.platform.errors import ConflictError, InvalidInputError, NotFoundError
 
 # Concurrent writers to one product retry their read-modify-write; this many tries is plenty.
@@ -42,8 +51,15 @@ def _stored(product_id: str, fields: ProductFields, previous: Product | None) ->
 
 
 class CatalogService:
-    def __init__(self, repository: CatalogRepository) -> None:
+    def __init__(self, repository: CatalogRepository, settings: CatalogSettings) -> None:
         self.repository = repository
+        self._cached: RecentCache[str, bytes] = RecentCache(settings.product_cache_size)
+        self._forgotten = 0  # changes applied: a read that spans one is not kept
+        self._changes = ChangeFollower(
+            repository.client, repository.epoch_key, repository.changes_key,
+            period=settings.change_check_seconds, apply=self._forget_logged,
+            clear=self._forget_all,
+        )  # fmt: skip
 
     @property
     def stream(self) -> str:
@@ -63,8 +79,34 @@ class CatalogService:
     async def count(self) -> int:
         return await self.repository.count()
 
-    async def get_many(self, ids: Sequence[str]) -> list[Product | None]:
-        return await self.repository.get_many(ids)
+    async def get_many(self, ids: Sequence[str], *, cached: bool = False) -> list[Product | None]:
+        """The products (None for an unknown id); `cached`: from this process's cache."""
+        if not cached or self._cached.max_entries == 0:
+            return await self.repository.get_many(ids)
+        await self._changes.follow()
+        stored = {product_id: self._cached.get(product_id) for product_id in ids}
+        missing = [product_id for product_id, data in stored.items() if data is None]
+        if missing:
+            read_at = self._forgotten
+            stored.update(zip(missing, await self.repository.read_many(missing), strict=True))
+            if read_at == self._forgotten:  # no change came meanwhile: what was read holds
+                for product_id in missing:
+                    if (data := stored[product_id]) is not None:
+                        self._cached.put(product_id, data)
+        return [decode(data) if (data := stored[i]) is not None else None for i in ids]
+
+    def _forget(self, ids: Sequence[str]) -> None:
+        self._forgotten += 1
+        for product_id in ids:
+            self._cached.discard(product_id)
+
+    def _forget_logged(self, entries: Sequence[Mapping[bytes, bytes]]) -> bool:
+        self._forget([entry[b"product"].decode() for entry in entries])
+        return True
+
+    def _forget_all(self) -> None:
+        self._forgotten += 1
+        self._cached.clear()
 
     async def create(self, data: ProductCreate) -> Product:
         def create(previous: Product | None) -> Product:
@@ -189,6 +231,7 @@ class CatalogService:
                     )
                 )
             applied = await self.repository.write_many(writes)
+            self._forget([write.id for write in writes])  # this process sees its writes at once
             todo = {w.id: todo[w.id] for w, ok in zip(writes, applied, strict=True) if not ok}
             if not todo:
                 return outcome

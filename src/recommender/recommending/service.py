@@ -234,7 +234,8 @@ class RecommendService:
         """Blend what the shopper's recent products lead to; popular items for a stranger.
 
         The ranked candidates are kept until the shopper's next event, for at most
-        `for_you_cache_seconds`; products are read fresh and filtered on every request.
+        `for_you_cache_seconds`; products are read (`catalog.change_check_seconds` at most behind
+        the catalog) and filtered on every request.
         """
         seconds = self.settings.for_you_cache_seconds
         name = f"for_you:{k}:{int(exclude_purchased)}:{filters.category}"
@@ -376,7 +377,9 @@ class RecommendService:
         """The category path the shopper's strongest anchors weigh most in ("" if none has one)."""
         weights: dict[str, float] = {}
         anchors = anchors[: self.settings.co_occurrence_anchors]
-        products = await self.catalog.get_many([anchor.product_id for anchor in anchors])
+        products = await self.catalog.get_many(
+            [anchor.product_id for anchor in anchors], cached=True
+        )
         for anchor, product in zip(anchors, products, strict=True):
             if product is not None and product.category:
                 weights[product.category] = weights.get(product.category, 0.0) + anchor.weight
@@ -440,10 +443,12 @@ class RecommendService:
         per_category: dict[str, int] = {}
         cap = max(1, int(k * self.settings.max_category_share))
         held_back: list[RecommendedProduct] = []
-        # Products come with their current state: a deleted or changed one never shows stale.
+        # Products come with their current state (catalog.change_check_seconds at most behind
+        # another process's write): a deleted or changed one does not show stale.
         for start in range(0, len(ranked), k * 2):
             chunk = ranked[start : start + k * 2]
-            products = await self.catalog.get_many([product_id for product_id, _, _ in chunk])
+            ids = [product_id for product_id, _, _ in chunk]
+            products = await self.catalog.get_many(ids, cached=True)
             for (_, score, reason), product in zip(chunk, products, strict=True):
                 if product is None or not filters.admits(product):
                     continue
