@@ -10,7 +10,7 @@ alternating:
 
 - write -> in similar: `POST /api/v1/products` of a copy of a random imported product's text
   (name, description, category) under a new id, timed from the POST's response until
-  `GET /api/v1/products/{original}/similar?k=10&min_score=0`, polled back to back, lists the
+  `GET /api/v1/products/{original}/similar?k=10&min_score=0`, polled (every 10 ms), lists the
   copy. The originals are products whose text (case and punctuation aside) no other product
   has, so the copy, with the original's very vector, has no ties for the top places.
 - out of stock -> gone: on each copy that showed, `PATCH {"in_stock": false}`, timed from its
@@ -23,10 +23,12 @@ alternating:
   counted too: the stranger's list follows popularity, which the mix's events keep moving.
 
 Each time runs to the arrival of the first response that shows the effect, so it overstates the
-delay by up to one GET round trip: the resolution, reported as the median round trip of those
-GETs. A trial not seen within the deadline counts as missed (a failed poll is one that did not
-show the effect); a trial still open when the run ends, or whose write or first GET failed, is
-left out and counted as such; every failed request is counted.
+delay by up to one GET round trip and the 10 ms pause between GETs: the resolution, reported as
+the median round trip of those GETs (polled back to back, the probe's GETs had reached 10% of
+the offered rate once the service answered in a few ms). A trial not seen within the deadline
+counts as missed (a failed poll is one that did not show the effect); a trial still open when
+the run ends, or whose write or first GET failed, is left out and counted as such; every failed
+request is counted.
 
 Pace: trials start a second into the run, once wrk's connections are open, one every period
 (0.2 s by default; at once after a trial that took longer), so about 5 a second and a few tens
@@ -70,7 +72,7 @@ TARGET_SECONDS = 1.0  # the issue's p99 target for both write and event freshnes
 PERIOD = 0.2
 LEAD_SECONDS = 1.0  # wait for wrk's connections to open before the first trial
 REQUEST_TIMEOUT = 30.0
-FAILED_POLL_PAUSE = 0.01  # after a failed poll (e.g. a quick 503), so as not to spin on them
+POLL_PAUSE = 0.01  # between polls, so that the probe's GETs stay a small share of the load
 _WORD = re.compile(r"[a-z0-9]+")
 T = TypeVar("T")
 
@@ -383,7 +385,7 @@ class Probe:
         kind: str,
         tally: _Tally,
     ) -> Any:
-        """GET `path` back to back until `shown(body)`, and record the time it took (or a miss
+        """GET `path` every POLL_PAUSE until `shown(body)`, and record the time it took (or a miss
         at the deadline) under `kind`; the last body, or None on a miss. A failed GET shows
         nothing and the polling goes on (leaving the trial out would hide slow ones)."""
         started = time.perf_counter()
@@ -392,11 +394,12 @@ class Probe:
             if self._over():
                 raise _RunEnded
             polls += 1
+            if polls > 1:
+                await asyncio.sleep(POLL_PAUSE)
             try:
                 body, seconds = await self._request(client, "GET", path)
             except _Failed:
                 body = None
-                await asyncio.sleep(FAILED_POLL_PAUSE)
             else:
                 tally.round_trips[kind].append(seconds)
             waited = time.perf_counter() - started

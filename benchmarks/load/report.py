@@ -311,9 +311,9 @@ def freshness_lines(seen: Freshness, offered_rate: float) -> list[str]:
         "GET without it",
         f"  {EVENT}: from the response to POST /api/v1/events (one view, a new session) to the "
         "first GET /api/v1/sessions/{id}/recommendations that differs from the one before",
-        "  GETs polled back to back: each time overstates the delay by up to one GET round trip "
-        "(the median shown: the resolution); a trial seen at the first GET had its effect before "
-        "that GET, so its time is that GET's round trip",
+        "  GETs polled every 10 ms: each time overstates the delay by up to one GET round trip "
+        "(the median shown) and 10 ms, the resolution; a trial seen at the first GET had its "
+        "effect before that GET, so its time is that GET's round trip",
     ]
     for kind in seen.kinds:
         changed = kind.trials - kind.missed
