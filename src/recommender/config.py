@@ -68,8 +68,9 @@ class RedisSettings(Setting, frozen=True):
 
 
 class CatalogSettings(Setting, frozen=True):
-    # Each process keeps this many products (their JSON) in memory for the lists it serves...
-    product_cache_size: Annotated[int, Meta(ge=0, le=10_000_000)] = 50_000
+    # Each process keeps this many products (their JSON: 20-40 MB at 1-2 KB each) in memory for
+    # the lists it serves...
+    product_cache_size: Annotated[int, Meta(ge=0, le=10_000_000)] = 20_000
     # ...and reads the catalog's changes this often: another process's write (an update, out of
     # stock, a delete) shows in this one's lists this much later at most; its own at once.
     change_check_seconds: Annotated[float, Meta(ge=0, le=60)] = 0.1
