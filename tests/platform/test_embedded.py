@@ -264,6 +264,9 @@ def test_workers_share_one_redis_and_pool_their_metrics(
     processes.append(service)
     assert wait_ready(port, service)["status"] == "ok"
     redis_pid = int((data_dir / "redis.pid").read_text())
+    deadline = time.monotonic() + 30  # ready answers once one worker does: the other may start
+    while len(listening_sockets(port)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     for _ in range(40):  # each on a new connection: both workers answer some
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/popular", timeout=5) as r:
             assert r.status == 200
