@@ -22,11 +22,12 @@ import; `--data-dir` keeps an import for the next run):
    a new session (until its "for you" list changes), each timed from the write's or the
    event's response; one trial every `--freshness-period` (0.2 s: a few tens of requests/s),
    until `--freshness-trials` of each or the run's end (100 of each need `--rate-duration 41`;
-   the default 15 s leaves room for about 35). Its product writes void the cached neighbour
-   lists they reach (of the copied product and its neighbours): `--freshness-trials 0`
-   gives the fixed-rate figures without them. Then it deletes the copies it wrote and, with
-   `--data-dir`, refits if the next run's probe could otherwise start an automatic refit
-   during its load (the probe's writes count as catalog changes).
+   the default 15 s leaves room for about 35). Its product writes are embedded, indexed and
+   patched into the cached neighbour lists they enter (of the copied product and its
+   neighbours): `--freshness-trials 0` gives the fixed-rate figures without them. Then it
+   deletes the copies it wrote and, with `--data-dir`, refits if the next run's probe could
+   otherwise start an automatic refit during its load (the probe's writes count as catalog
+   changes).
 4. For each other server in `--compare` (uvicorn with 1 worker, granian with 2), on the
    same data and an embedded Redis the benchmark starts: the HTTP ceiling, the mix at
    saturation and the mix at a fixed rate.

@@ -35,9 +35,9 @@ Pace: trials start a second into the run, once wrk's connections are open, one e
 of requests/s, and stop at the asked count or when the run ends: 100 of each need a 41 s run.
 
 Beside its requests, its product writes (a POST and a PATCH per write trial, about 5/s at the
-default pace) cost the mix KNN queries: each new vector voids the neighbour lists cached in
-every process that it enters (those of the copied product and of its nearest), which the mix's
-similar and "for you" requests then query again. The report counts the writes; a run with
+default pace) cost the service work the mix alone would not: each new vector is embedded,
+indexed and patched into the neighbour lists cached in every process that it enters (those of
+the copied product and of its nearest). The report counts the writes; a run with
 `--freshness-trials 0` gives the mix's figures without them.
 
 Afterwards the copies are deleted (the sessions' few view events stay, like the mix's); with a
@@ -106,7 +106,7 @@ class Freshness(msgspec.Struct, kw_only=True):
     seconds: float  # from the first trial's start to the last one's end
     requests: int
     rps: float
-    product_writes: int  # POST and PATCH sent: a new vector voids the cached lists it enters
+    product_writes: int  # POST and PATCH sent: each new vector is embedded and indexed
     cpu_percent: float  # of one core, the probe's thread (part of the run's "other" CPU)
     open_at_end: int  # trials still open when the run ended: left out
     failed: int  # trials left out as their write or first GET failed (see errors)

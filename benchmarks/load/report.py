@@ -271,9 +271,9 @@ def freshness_lines(seen: Freshness, offered_rate: float) -> list[str]:
         f"from one Python client, {seen.requests:,} requests in {seen.seconds:.1f} s = "
         f"{seen.rps:.1f}/s ({share:.1%} of the offered rate), its CPU "
         f"{seen.cpu_percent:.0f}% of a core (within 'other' above)",
-        f"  its {seen.product_writes:,} product writes ({writes_rate:.1f}/s) void the cached "
-        "neighbour lists their vectors enter, so similar and 'for you' above ran more KNN "
-        "queries than the mix alone would: compare a run with --freshness-trials 0",
+        f"  its {seen.product_writes:,} product writes ({writes_rate:.1f}/s) are embedded, "
+        "indexed and patched into the cached neighbour lists their vectors enter, work the mix "
+        "alone would not do: compare a run with --freshness-trials 0",
     ]
     rows = [
         [

@@ -227,12 +227,16 @@ async def test_cached_neighbour_lists_leave_nothing_for_the_garbage_collector_to
 
 
 @pytest.mark.asyncio
-async def test_a_vector_change_drops_only_the_cached_neighbour_lists_it_can_alter(
-    services: Services, drain: Drain, monkeypatch: pytest.MonkeyPatch
+async def test_a_vector_change_patches_the_cached_neighbour_lists_it_enters(
+    services: Services,
+    drain: Drain,
+    redis: "aioredis.Redis",
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     vectors = services.vectors
-    vectors.settings = msgspec.structs.replace(vectors.settings, neighbour_cache_depth=1)
-    await add(services, "Red wool scarf", "Blue wool scarf", "Steel garden spade",
+    vectors.settings = msgspec.structs.replace(vectors.settings, neighbour_cache_depth=2)
+    await add(services, "Red wool scarf", "Blue wool scarf", "Green wool hat", "Steel garden spade",
               "Iron garden spade rake")  # fmt: skip
     await drain()
     queries: list[str] = []
@@ -243,17 +247,28 @@ async def test_a_vector_change_drops_only_the_cached_neighbour_lists_it_can_alte
         return await knn_ids(vector, k, filters, index)
 
     monkeypatch.setattr(vectors.index, "knn_ids", counted)
-    spade = await vectors.neighbours("p2", 1)
+    spade = await vectors.neighbours("p3", 2)
     assert spade is not None
-    assert spade[0].product_id == "p3"
-    await vectors.neighbours("p0", 1)
+    before = await vectors.neighbours("p0", 2)
+    assert before is not None
     await services.catalog.create(ProductCreate(id="new", name="Grey wool scarf"))
     await drain()
-    # The premise: the new scarf is no spade's nearest.
-    assert await cosine(services, "new", "p2") < spade[0].score
-    assert await vectors.neighbours("p2", 1) == spade  # kept: no new query
-    assert [n.product_id for n in await vectors.neighbours("p0", 1) or []] == ["new"]
-    assert queries == ["p2", "p0", "p0"]
+    # The premise: the new scarf enters the red scarf's two nearest, and is no spade's.
+    assert await cosine(services, "new", "p0") > before[-1].score
+    assert await cosine(services, "new", "p3") < spade[-1].score
+    assert await vectors.neighbours("p3", 2) == spade
+    patched = await vectors.neighbours("p0", 2)
+    assert queries == ["p3", "p0"]  # both kept: the change patched one, no new query
+    other_process = build_services(redis, Keyspace(settings.redis.namespace), settings).vectors
+    fresh = await other_process.neighbours("p0", 2)
+    assert patched is not None
+    assert fresh is not None
+    assert [n.product_id for n in patched] == [n.product_id for n in fresh]
+    assert [n.score for n in patched] == pytest.approx([n.score for n in fresh], abs=1e-5)
+    await services.catalog.delete("new")  # it leaves: the list's next nearest is unknown
+    await drain()
+    assert await vectors.neighbours("p0", 2) == before
+    assert queries == ["p3", "p0", "p0"]
 
 
 @pytest.mark.asyncio

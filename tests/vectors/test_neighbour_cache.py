@@ -1,4 +1,4 @@
-"""The neighbour cache's bookkeeping (pure logic): which vector changes drop which lists."""
+"""The neighbour cache's bookkeeping (pure logic): which vector changes patch or drop which list."""
 
 from typing import Any
 
@@ -36,13 +36,38 @@ def cache_of_a_and_b() -> NeighbourCache:
     return cache
 
 
-def test_a_new_vector_drops_the_lists_it_would_enter_and_no_other() -> None:
+def ids_and_scores(cache: NeighbourCache, product_id: str, depth: int) -> list[tuple[str, float]]:
+    found = cache.get(product_id, depth)
+    assert found is not None
+    return [(other, round(score, 4)) for other, score in zip(found.ids, found.scores, strict=True)]
+
+
+def test_a_new_vector_enters_the_lists_it_belongs_in_and_no_other() -> None:
     cache = cache_of_a_and_b()
     cache.apply([change("new", new=NEAR_A)])
-    assert cache.get("a", 2) is None  # 0.98 beats A's last (0.9)
-    assert cache.get("b", 2) is not None  # 0.2 does not beat B's (0.5)
+    # 0.98 beats A's last (0.9), which falls off; 0.2 does not beat B's (0.5).
+    assert ids_and_scores(cache, "a", 2) == [("new", 0.9806), ("x", 0.95)]
+    assert ids_and_scores(cache, "b", 2) == [("z", 0.6), ("w", 0.5)]
     cache.apply([change("far", new=C)])
-    assert cache.get("b", 2) is not None
+    assert ids_and_scores(cache, "b", 2) == [("z", 0.6), ("w", 0.5)]
+    # A's last is now 0.95: a vector between 0.9 and 0.95 no longer enters.
+    cache.apply([change("nearish", new=unit(1, 0.4, 0))])  # 0.928 with A
+    assert ids_and_scores(cache, "a", 2) == [("new", 0.9806), ("x", 0.95)]
+
+
+def test_a_vector_that_moves_within_a_list_takes_its_new_place() -> None:
+    cache = cache_of_a_and_b()
+    cache.apply([change("y", old=unit(1, 0.48, 0), new=NEAR_A)])  # y: 0.9 -> 0.98
+    assert ids_and_scores(cache, "a", 2) == [("y", 0.9806), ("x", 0.95)]
+
+
+def test_a_vector_within_float_noise_of_a_lists_last_score_drops_it() -> None:
+    cache = NeighbourCache(100)
+    edge = unit(1, 0.5, 0)  # cosine 0.894 with A
+    last = float(edge @ A)
+    cache.put("a", A, listed(("x", 0.95), ("y", last)), cache.changes_applied)
+    cache.apply([change("twin", new=edge)])  # ties y: which of them the index keeps is noise
+    assert cache.get("a", 2) is None
 
 
 def test_a_vector_that_leaves_a_list_drops_it() -> None:
@@ -66,11 +91,24 @@ def test_a_products_own_change_drops_its_list() -> None:
     assert cache.get("b", 2) is not None
 
 
-def test_a_list_shorter_than_its_depth_is_dropped_by_any_new_vector() -> None:
+def test_a_list_shorter_than_its_depth_takes_any_new_vector_and_loses_a_removed_one() -> None:
     cache = NeighbourCache(100)
     cache.put("a", A, listed(("x", 0.95), depth=5), cache.changes_applied)  # all there is
     cache.apply([change("far", new=C)])
-    assert cache.get("a", 5) is None
+    assert ids_and_scores(cache, "a", 5) == [("x", 0.95), ("far", 0.0)]
+    cache.apply([change("x", old=NEAR_A, new=None)])
+    assert ids_and_scores(cache, "a", 5) == [("far", 0.0)]
+
+
+def test_a_list_without_a_vector_is_reached_only_by_its_own_change() -> None:
+    cache = NeighbourCache(100)
+    cache.put("zero", np.zeros(DIMS, dtype=np.float32), listed(depth=5), cache.changes_applied)
+    cache.put("unindexed", None, NeighbourList(5, False, (), ()), cache.changes_applied)
+    cache.apply([change("new", new=A)])
+    assert ids_and_scores(cache, "zero", 5) == []  # nothing is similar to a text of no terms
+    assert cache.get("unindexed", 5) is not None
+    cache.apply([change("unindexed", new=B)])
+    assert cache.get("unindexed", 5) is None
 
 
 def test_a_list_computed_across_a_change_is_not_kept() -> None:
@@ -94,6 +132,6 @@ def test_a_deeper_request_misses_and_the_least_recently_used_goes_first() -> Non
     assert cache.get("a", 2) is not None  # now b is the least recently used
     cache.put("c", C, listed(("x", 0.9), ("y", 0.8)), cache.changes_applied)
     assert (cache.get("a", 2) is not None, cache.get("b", 2), len(cache)) == (True, None, 2)
-    cache.apply([change("new", new=unit(0, 0.1, 1))])  # c's freed slot went to nothing else
-    assert cache.get("c", 2) is None
-    assert cache.get("a", 2) is not None
+    cache.apply([change("new", new=unit(0, 0.1, 1))])  # b's freed slot now holds c's vector
+    assert ids_and_scores(cache, "c", 2) == [("new", 0.995), ("x", 0.9)]
+    assert ids_and_scores(cache, "a", 2) == [("x", 0.9), ("y", 0.8)]

@@ -1,10 +1,13 @@
-"""Each process's cache of products' nearest products, kept until a vector change can alter one.
+"""Each process's cache of products' nearest products, patched by each vector change it reaches.
 
-A list of a product's `depth` nearest is stale after product X's vector changes only if X was in
-it or now belongs in it: the cosine of X's old or new vector with the product's reaches the
-list's last score. So every cached list keeps its product's vector and that score, and a change
-drops just the lists it reaches (one matrix product), instead of every list in the process.
-A list shorter than its depth holds everything there is, so any new vector may join it.
+A list of a product's `depth` nearest can change after product X's vector changes only if X was
+in it or now belongs in it: the cosine of X's old or new vector with the product's reaches the
+list's last score. So every cached list keeps its product's vector and that score, and one matrix
+product finds the lists a change reaches. Those it enters or moves within are patched in place:
+X takes its place by its new cosine and the last falls off, which is what the index would now
+answer. Only a list that X leaves is dropped, as its next nearest is unknown, and so is one where
+X lands within float noise of the last score. A list shorter than its depth holds everything
+there is, so any new vector joins it and any removal just leaves it.
 """
 
 from collections import OrderedDict
@@ -17,8 +20,8 @@ import numpy as np
 from recommender.vectors.index import VectorChange
 from recommender.vectors.model import DIMS
 
-# RediSearch computes the cosine apart from us, in float32: a list's floor sits this far below
-# its last score, so that float noise can only drop a list, never keep a stale one.
+# RediSearch computes the cosine apart from us, in float32: a change within this of a list's last
+# score drops the list, so that float noise can only cost a query, never keep a stale list.
 _MARGIN = 1e-4
 _FIRST_ROWS = 1024
 Vector = np.ndarray[Any, np.dtype[np.float32]]
@@ -76,15 +79,14 @@ class NeighbourCache:
         self._slots[product_id] = slot
         self._lists[slot] = found
         self._owners[slot] = product_id
-        if vector is not None and found.embedded:
+        if vector is not None and found.embedded and np.any(vector):
             self._vectors[slot] = vector
-        if len(found.ids) < found.depth:
-            self._floors[slot] = -np.inf  # all there is: any new vector may join it
-        else:  # full: only a vector at least as near as its last may enter or leave it
-            self._floors[slot] = found.scores[-1] - _MARGIN
+            self._floors[slot] = _floor(found)
+        # else no vector, so no neighbours: only the product's own change can alter that
 
     def apply(self, changes: Sequence[VectorChange]) -> None:
-        """Drop the lists these changes can alter (and the changed products' own lists)."""
+        """Patch the lists these changes reach, in order; drop those a change leaves unknown,
+        and the changed products' own lists."""
         self._changes += 1
         for change in changes:
             self._drop(change.product_id)
@@ -92,10 +94,44 @@ class NeighbourCache:
         if not vectors or not self._slots:
             return
         rows = len(self._lists)
-        cosines = self._vectors[:rows] @ np.stack(vectors).T
-        for slot in np.flatnonzero(cosines.max(axis=1) >= self._floors[:rows]):
-            if (product_id := self._owners[slot]) is not None:
-                self._drop(product_id)
+        cosines = iter((self._vectors[:rows] @ np.stack(vectors).T).T)
+        for change in changes:
+            old = next(cosines) if change.old is not None else None
+            new = next(cosines) if change.new is not None else None
+            reach = new if old is None else old if new is None else np.maximum(old, new)
+            if reach is None:  # no vector before or after: in no list
+                continue
+            for slot in np.flatnonzero(reach >= self._floors[:rows]):
+                self._patch(int(slot), change.product_id, None if new is None else float(new[slot]))
+
+    def _patch(self, slot: int, product_id: str, score: float | None) -> None:
+        """Apply one product's new cosine (None: no vector now) to the list in `slot`."""
+        found, owner = self._lists[slot], self._owners[slot]
+        if found is None or owner is None:
+            return
+        pairs = [(other, s) for other, s in zip(found.ids, found.scores, strict=True)
+                 if other != product_id]  # fmt: skip
+        was_listed = len(pairs) < len(found.ids)
+        if len(found.ids) >= found.depth:  # full: the nearest past its last one are unknown
+            last = found.scores[-1]
+            if score is None or score < last - _MARGIN:
+                if was_listed:  # it left: the next nearest would take its place
+                    self._drop(owner)
+                return
+            if score < last + _MARGIN:  # in or out within float noise: ask the index
+                self._drop(owner)
+                return
+        if score is not None:
+            pairs.append((product_id, score))
+            pairs.sort(key=lambda pair: -pair[1])
+        elif not was_listed:
+            return
+        del pairs[found.depth :]
+        patched = NeighbourList(
+            found.depth, True, tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
+        )
+        self._lists[slot] = patched
+        self._floors[slot] = _floor(patched)
 
     def clear(self) -> None:
         self._changes += 1
@@ -126,3 +162,10 @@ class NeighbourCache:
         self._lists.append(None)
         self._owners.append(None)
         return slot
+
+
+def _floor(found: NeighbourList) -> float:
+    """The least cosine by which a change can reach a list."""
+    if len(found.ids) < found.depth:
+        return -np.inf  # all there is: any new vector joins it
+    return found.scores[-1] - _MARGIN  # full: only one as near as its last enters or leaves
