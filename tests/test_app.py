@@ -2,6 +2,7 @@
 
 import contextlib
 import gc
+import os
 import re
 import subprocess
 import time
@@ -13,6 +14,7 @@ import msgspec
 import pytest
 import redis
 import redis.asyncio as aioredis
+import threadpoolctl
 from litestar import get, post
 from litestar.params import JSONBody
 from litestar.testing import AsyncTestClient
@@ -64,6 +66,20 @@ async def test_start_up_takes_what_it_built_out_of_full_collections(settings: Se
     gc.unfreeze()
     async with AsyncTestClient(create_app(settings)):
         assert gc.get_freeze_count() > 0
+
+
+@pytest.mark.asyncio
+async def test_the_service_runs_blas_on_one_thread(settings: Settings) -> None:
+    if os.cpu_count() == 1:
+        pytest.skip("one core: BLAS runs one thread whatever the app does")
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpoolctl.threadpool_info()
+                if pool["user_api"] == "blas"}  # fmt: skip
+
+    async with AsyncTestClient(create_app(settings)):
+        assert blas_threads() == {1}
+    assert max(blas_threads()) > 1  # given back on shutdown
 
 
 @pytest.mark.asyncio

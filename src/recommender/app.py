@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
+import threadpoolctl
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -70,6 +71,9 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     client = create_client(settings.redis, url)
     runners: list[StreamRunner] = app.state.runners
     background: list[asyncio.Task[None]] = []
+    # One event loop per core: a second BLAS thread would only spin after each matrix product
+    # (OpenBLAS busy-waits), taking the core from the other worker and Redis.
+    blas = threadpoolctl.threadpool_limits(limits=1, user_api="blas")
     try:
         await require_search_module(client, where=url)
         services = build_services(client, app.state.keyspace, settings)
@@ -106,6 +110,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await client.aclose()
         if embedded is not None:
             await asyncio.to_thread(embedded.close)
+        blas.restore_original_limits()
 
 
 def _die_with_supervisor() -> None:
