@@ -1,7 +1,7 @@
 """Serving throughput and latency under a shopper workload: `python -m benchmarks.load`.
 
-How, in one run (the defaults took 7-9 minutes on the 2-core machine, about half of it the
-import; `--data-dir` keeps an import for the next run):
+How, in one run (the defaults took 7-9 minutes on the 2-core machine, about a third of it the
+import; `--data-dir` keeps an import, and every later run starts from the state it left):
 1. Convert the Online Retail data and start the service as production runs it,
    `python -m recommender serve --port P --data-dir D` (RECOMMENDER_LOGGING__ACCESS_LOG=false),
    on its embedded Redis; import the catalog and the history through the API and wait until
@@ -25,9 +25,7 @@ import; `--data-dir` keeps an import for the next run):
    the default 15 s leaves room for about 35). Its product writes are embedded, indexed and
    patched into the cached neighbour lists they enter (of the copied product and its
    neighbours): `--freshness-trials 0` gives the fixed-rate figures without them. Then it
-   deletes the copies it wrote and, with `--data-dir`, refits if the next run's probe could
-   otherwise start an automatic refit during its load (the probe's writes count as catalog
-   changes).
+   deletes the copies it wrote.
 4. For each other server in `--compare` (uvicorn with 1 worker, granian with 2), on the
    same data and an embedded Redis the benchmark starts: the HTTP ceiling, the mix at
    saturation and the mix at a fixed rate.
@@ -125,9 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     option(
         "--data-dir",
         type=Path,
-        help="keep the imported data here and reuse it next time (valid only with the same "
-        "code and data; the view events earlier runs posted stay in it and lengthen the "
-        "histories 'for you' reads); default: a temporary directory, imported afresh",
+        help="keep the imported data here and start every later run from the state the import "
+        "left (valid only with the same code and data); default: a temporary directory, "
+        "imported afresh",
     )
     option(
         "--json",
@@ -324,19 +322,13 @@ class Bench:
             self.clean_up(under, probe, run.freshness)
 
     def clean_up(self, under: Under, probe: freshness.Probe, seen: freshness.Freshness) -> None:
-        """Delete the probe's copies. Its writes count towards the next automatic refit (a
-        minute of CPU): with a kept data dir, refit now if the next run's probe could tip it
-        over, rather than in the middle of that run's load."""
+        """Delete the probe's copies; report how near its writes took the next refit."""
         with httpx.Client(base_url=under.url, timeout=PATIENCE) as http:
             seen.copies_deleted = probe.clean_up(http)
             self._drain(under.redis_url)  # the deletes count as changes once indexed
             model = http.get("/api/v1/admin/model").raise_for_status().json()
-            seen.changes_since_fit = changes = model["changes_since_fit"]
-            seen.refit_due_at_changes = due = model["refit_due_at_changes"]
-            next_run = freshness.WRITES_PER_TRIAL * self.args.freshness_trials
-            if self.args.data_dir is not None and changes + next_run >= due:
-                seen.refit_after_s = _refit(http)
-                self._drain(under.redis_url)
+            seen.changes_since_fit = model["changes_since_fit"]
+            seen.refit_due_at_changes = model["refit_due_at_changes"]
         _progress(f"freshness probe {seen.cleanup_text()}")
 
 
@@ -354,19 +346,6 @@ async def _sweep(url: str, passes: list[list[str]], connections: int) -> None:
         await asyncio.gather(*(one_connection(queue) for _ in range(connections)))
 
 
-def _refit(http: httpx.Client) -> float:
-    """Seconds of one admin refit, waited for (retried while another refit holds the lock)."""
-    started = time.monotonic()
-    while True:
-        response = http.post("/api/v1/admin/model/refit", params={"wait": "true"})
-        if response.status_code != 409:
-            response.raise_for_status()
-            return round(time.monotonic() - started, 1)
-        if time.monotonic() - started > PATIENCE:
-            raise TimeoutError(f"a refit was still running after {PATIENCE:g}s")
-        time.sleep(1.0)
-
-
 def _ratio(value: float, ceiling: float | None) -> float | None:
     return round(value / ceiling, 3) if ceiling else None
 
@@ -377,6 +356,13 @@ def _scrape(url: str) -> metrics.Histograms:
 
 def _progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _restore_import(data_dir: Path) -> None:
+    if dataset.restore_import(data_dir):
+        _progress(f"starting from the state the import left in {data_dir}")
+    else:  # kept before imports were snapshotted
+        _progress(f"reusing {data_dir} as earlier runs left it (import afresh to compare runs)")
 
 
 def _redis_pid(data_dir: Path) -> int:
@@ -438,22 +424,29 @@ def _serve_phase(
     port = servers.free_port()
     url = f"http://{servers.HOST}:{port}"
     command = servers.SERVE.service(args.python, port, data_dir)
-    service = Server(command, bench.work / "service-serve.log", servers.SERVICE_ENV)
+    log = bench.work / "service-serve.log"
+    marker = data_dir / IMPORT_MARKER
+    if marker.exists():
+        _restore_import(data_dir)
+    service = Server(command, log, servers.SERVICE_ENV)
     try:
         service.wait_answering(url, "/health/ready", PATIENCE)
-        marker = data_dir / IMPORT_MARKER
-        with httpx.Client(base_url=url, timeout=PATIENCE) as http:
-            if marker.exists():
-                _progress(f"reusing the import in {data_dir}")
-                dataset.wait_caught_up(http, {}, PATIENCE)
-            else:
-                _progress(
-                    f"importing {len(data.products):,} products and {len(data.events):,} "
-                    "events through the API"
-                )
+        if not marker.exists():
+            _progress(
+                f"importing {len(data.products):,} products and {len(data.events):,} "
+                "events through the API"
+            )
+            with httpx.Client(base_url=url, timeout=PATIENCE) as http:
                 imported = dataset.import_through_api(http, data, PATIENCE)
-                marker.write_bytes(msgspec.json.encode(imported))
-                _progress(f"imported: {imported}")
+            _progress(f"imported: {imported}")
+            if args.data_dir is not None:  # kept for later runs: its files, at rest
+                service.stop()
+                dataset.keep_import(data_dir)
+                service = Server(command, log, servers.SERVICE_ENV)
+                service.wait_answering(url, "/health/ready", PATIENCE)
+            marker.write_bytes(msgspec.json.encode(imported))
+        with httpx.Client(base_url=url, timeout=PATIENCE) as http:
+            dataset.wait_caught_up(http, {}, PATIENCE)
         redis_url, redis_pid = f"unix://{data_dir / 'redis.sock'}", _redis_pid(data_dir)
         _progress("store ceiling: raw KNN through redis-py, the service idle")
         ceilings = asyncio.run(
@@ -484,6 +477,7 @@ def _compare_phase(bench: Bench, kinds: list[ServerKind], namespace: str, data_d
     """The other servers on the same data, against an embedded Redis started here."""
     args = bench.args
     quiet_logs()
+    _restore_import(data_dir)
     embedded = EmbeddedRedis(EmbeddedRedisSettings(data_dir=str(data_dir)))
     try:
         embedded.start()

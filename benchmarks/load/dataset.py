@@ -9,8 +9,14 @@ indexer has caught up and no refit is building (`GET /api/v1/admin/model`), the 
 reached what was written to its stream, and the `recommender_stream_lag` and
 `recommender_stream_pending` gauges read 0. The wait before the events keeps the automatic
 refits the first products start out of the event import's way.
+
+With a kept data dir, the store's files right after the import are kept beside them
+(`keep_import`, with the service stopped) and put back before each later run
+(`restore_import`): every run starts from the same state, not from the view events, the
+probe's writes and the refits of the runs before it.
 """
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,9 @@ from benchmarks.datasets import online_retail
 from benchmarks.load.metrics import stream_metrics
 from benchmarks.support import batches
 
+# The embedded Redis keeps everything in its AOF directory; the copy of it right after the import.
+STORE_FILES = "appendonlydir"
+IMPORT_SNAPSHOT = "import-snapshot"
 PRODUCT_BATCH = 500
 EVENT_BATCH = 1000
 CATALOG_STREAM = "stream:catalog"
@@ -59,6 +68,25 @@ class ImportReport(msgspec.Struct, kw_only=True):
     caught_up_seconds: float  # from the refit's answer until caught up (see the module doc)
     # The most stream entries still unprocessed while both stream gauges already read 0.
     gauge_missed_entries: int
+
+
+def keep_import(data_dir: Path) -> None:
+    """Copy the store's files, at rest (no Redis running on them), as the state later runs
+    start from."""
+    snapshot = data_dir / IMPORT_SNAPSHOT
+    shutil.rmtree(snapshot, ignore_errors=True)
+    shutil.copytree(data_dir / STORE_FILES, snapshot)
+
+
+def restore_import(data_dir: Path) -> bool:
+    """Put back the store's files as the import left them (no Redis running on them); False
+    when none were kept."""
+    snapshot = data_dir / IMPORT_SNAPSHOT
+    if not snapshot.is_dir():
+        return False
+    shutil.rmtree(data_dir / STORE_FILES, ignore_errors=True)
+    shutil.copytree(snapshot, data_dir / STORE_FILES)
+    return True
 
 
 def import_through_api(http: httpx.Client, data: Dataset, patience: float) -> ImportReport:

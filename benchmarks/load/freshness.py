@@ -116,7 +116,6 @@ class Freshness(msgspec.Struct, kw_only=True):
     # The model's change count after the clean-up, and the count at which a refit is due.
     changes_since_fit: int | None = None
     refit_due_at_changes: int | None = None
-    refit_after_s: float | None = None  # the refit after the clean-up, when there was one
 
     def cleanup_text(self) -> str:
         text = f"clean-up: copies deleted: {self.copies_deleted}"
@@ -124,11 +123,6 @@ class Freshness(msgspec.Struct, kw_only=True):
             text += (
                 f"; {self.changes_since_fit} catalog changes since the model's fit "
                 f"(a refit is due at {self.refit_due_at_changes})"
-            )
-        if self.refit_after_s is not None:
-            text += (
-                f"; refitted ({self.refit_after_s:.1f} s) for the kept data dir, as the next "
-                "run's probe could have started an automatic refit during its load"
             )
         return text
 
