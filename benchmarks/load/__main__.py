@@ -1,7 +1,8 @@
 """Serving throughput and latency under a shopper workload: `python -m benchmarks.load`.
 
 How, in one run (the defaults took 7-9 minutes on the 2-core machine, about a third of it the
-import; `--data-dir` keeps an import, and every later run starts from the state it left):
+import; `--data-dir` keeps an import, and every later run starts from the state it left, as the
+compare phase does within a run):
 1. Convert the Online Retail data and start the service as production runs it,
    `python -m recommender serve --port P --data-dir D` (RECOMMENDER_LOGGING__ACCESS_LOG=false),
    on its embedded Redis; import the catalog and the history through the API and wait until
@@ -439,11 +440,10 @@ def _serve_phase(
             with httpx.Client(base_url=url, timeout=PATIENCE) as http:
                 imported = dataset.import_through_api(http, data, PATIENCE)
             _progress(f"imported: {imported}")
-            if args.data_dir is not None:  # kept for later runs: its files, at rest
-                service.stop()
-                dataset.keep_import(data_dir)
-                service = Server(command, log, servers.SERVICE_ENV)
-                service.wait_answering(url, "/health/ready", PATIENCE)
+            service.stop()  # its files at rest, for the compare phase and later runs
+            dataset.keep_import(data_dir)
+            service = Server(command, log, servers.SERVICE_ENV)
+            service.wait_answering(url, "/health/ready", PATIENCE)
             marker.write_bytes(msgspec.json.encode(imported))
         with httpx.Client(base_url=url, timeout=PATIENCE) as http:
             dataset.wait_caught_up(http, {}, PATIENCE)

@@ -10,10 +10,9 @@ reached what was written to its stream, and the `recommender_stream_lag` and
 `recommender_stream_pending` gauges read 0. The wait before the events keeps the automatic
 refits the first products start out of the event import's way.
 
-With a kept data dir, the store's files right after the import are kept beside them
-(`keep_import`, with the service stopped) and put back before each later run
-(`restore_import`): every run starts from the same state, not from the view events, the
-probe's writes and the refits of the runs before it.
+The store's files right after the import are kept beside them (`keep_import`, with the service
+stopped) and put back before each later phase or run (`restore_import`): each starts from the
+same state, not from the view events, the probe's writes and the refits of the ones before it.
 """
 
 import shutil
@@ -73,9 +72,7 @@ class ImportReport(msgspec.Struct, kw_only=True):
 def keep_import(data_dir: Path) -> None:
     """Copy the store's files, at rest (no Redis running on them), as the state later runs
     start from."""
-    snapshot = data_dir / IMPORT_SNAPSHOT
-    shutil.rmtree(snapshot, ignore_errors=True)
-    shutil.copytree(data_dir / STORE_FILES, snapshot)
+    _copy_over(data_dir / STORE_FILES, data_dir / IMPORT_SNAPSHOT)
 
 
 def restore_import(data_dir: Path) -> bool:
@@ -84,9 +81,13 @@ def restore_import(data_dir: Path) -> bool:
     snapshot = data_dir / IMPORT_SNAPSHOT
     if not snapshot.is_dir():
         return False
-    shutil.rmtree(data_dir / STORE_FILES, ignore_errors=True)
-    shutil.copytree(snapshot, data_dir / STORE_FILES)
+    _copy_over(snapshot, data_dir / STORE_FILES)
     return True
+
+
+def _copy_over(source: Path, target: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
 
 
 def import_through_api(http: httpx.Client, data: Dataset, patience: float) -> ImportReport:
