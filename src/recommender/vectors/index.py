@@ -105,8 +105,31 @@ for i, key in ipairs(KEYS) do found[i] = redis.call('HMGET', key, 'embedding', '
 return found
 """
 
+# A KNN query's ids and distances as one string, a line per hit: "{id} {distance}". Redis-py
+# builds a map per hit of the RESP3 reply (hiredis: 0.7-1.0 ms of client CPU for 300 hits);
+# one string costs it 0.3 ms, and Redis 0.1 ms more for the Lua. ARGV: index, query, k, vector
+# (the query's $vector), length of the root of document keys ({ns}vec:), which ends in
+# "{version}:{id}".
+_KNN_IDS = """
+local reply = redis.call('FT.SEARCH', ARGV[1], ARGV[2], 'RETURN', 1, 'distance',
+  'SORTBY', 'distance', 'ASC', 'DIALECT', 2, 'LIMIT', 0, ARGV[3], 'PARAMS', 2, 'vector', ARGV[4])
+local root = tonumber(ARGV[5])
+local lines = {}
+for i = 2, #reply, 2 do
+  local key = reply[i]
+  local id = string.sub(key, string.find(key, ':', root + 1, true) + 1)
+  lines[#lines + 1] = id .. ' ' .. reply[i + 1][2]
+end
+return table.concat(lines, '\\n')
+"""
+
 _doc_encoder = msgspec.json.Encoder()
 _doc_decoder = msgspec.json.Decoder(Product)
+
+
+def _blob(vector: np.ndarray[Any, Any]) -> bytes:
+    """A vector as RediSearch takes it: float32 bytes."""
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
 
 
 def escape_tag(value: str) -> str:
@@ -247,6 +270,7 @@ class VectorIndex:
         self._delete = client.register_script(_DELETE)
         self._swapped = client.register_script(_SWAPPED)
         self._read_vectors = client.register_script(_READ_VECTORS)
+        self._knn_ids = client.register_script(_KNN_IDS)
 
     def name(self, version: int) -> str:
         return self.keys.key("idx", "products", f"v{version}")
@@ -332,10 +356,7 @@ class VectorIndex:
                     # A text with no known term embeds as zero, which has no cosine: it stays out
                     # of the vector index (RediSearch would rank it at distance NaN) but in the
                     # text one.
-                    embedding = (
-                        np.ascontiguousarray(vector, dtype=np.float32).tobytes() if np.any(vector)
-                        else b""
-                    )  # fmt: skip
+                    embedding = _blob(vector) if np.any(vector) else b""
                     await self._guarded_write(
                         keys=[*log, product_key(product.id), self.doc_key(version, product.id)],
                         args=[product.id, product.version, embedding, *self._fields(product)],
@@ -410,7 +431,15 @@ class VectorIndex:
         self, vector: np.ndarray[Any, Any], k: int, filters: Filters, index: str | None = None
     ) -> list[Hit]:
         """The k nearest products by cosine that pass the filters, best first."""
-        reply = await self._knn_search(vector, k, filters, index, "doc", "distance")
+        reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
+            "FT.SEARCH", index or self.alias, self._knn_query(k, filters),
+            "RETURN", 2, "doc", "distance",
+            "SORTBY", "distance", "ASC",
+            "DIALECT", 2,
+            "LIMIT", 0, k,
+            "PARAMS", 2, "vector", _blob(vector),
+            **{NEVER_DECODE: True},
+        )  # fmt: skip
         hits = [(fields[b"doc"], float(fields[b"distance"])) for _, fields in search_hits(reply)]
         return [Hit(_doc_decoder.decode(doc), 1.0 - d) for doc, d in hits if not math.isnan(d)]
 
@@ -421,40 +450,27 @@ class VectorIndex:
         # The id comes from the document key ({ns}vec:{version}:{id}) rather than a returned
         # `pid`, which Redis would read from each hit's hash: at k=300 (3.6k products) that
         # saves about a third of Redis's CPU for the query (1.10 -> 0.75 ms) and 10-20% of ours.
-        reply = await self._knn_search(vector, k, filters, index, "distance")
-        skip = len(self._vector_root)
-        hits = [
-            (key[skip:].partition(b":")[2], float(fields[b"distance"]))
-            for key, fields in search_hits(reply)
+        lines: bytes = await self._knn_ids(
+            args=[index or self.alias, self._knn_query(k, filters), k,
+                  _blob(vector), len(self._vector_root)],
+        )  # fmt: skip
+        hits = [line.rpartition(b" ") for line in lines.split(b"\n")] if lines else []
+        return [
+            Neighbour(pid.decode(), 1.0 - d)
+            for pid, _, distance in hits
+            if not math.isnan(d := float(distance))
         ]
-        return [Neighbour(pid.decode(), 1.0 - d) for pid, d in hits if not math.isnan(d)]
 
-    async def _knn_search(
-        self,
-        vector: np.ndarray[Any, Any],
-        k: int,
-        filters: Filters,
-        index: str | None,
-        *fields: str,
-    ) -> Any:
-        """The raw reply of a KNN FT.SEARCH returning `fields`, nearest first."""
+    @staticmethod
+    def _knn_query(k: int, filters: Filters) -> str:
+        """The query of the k nearest to $vector that pass the filters, as `distance`."""
         # Stock and exclusions pass nearly everything: walk the HNSW graph in batches instead
         # of letting RediSearch pick a brute-force scan of every match (ADHOC_BF, measured
         # 2.5-3.9 ms against 0.65 ms at 9.7k products, recall@10 0.995). Narrow filters
         # (category, price) keep RediSearch's own choice.
         where = filters.clause()
         policy = " HYBRID_POLICY BATCHES" if filters.broad and where != "*" else ""
-        blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-        return await self.client.execute_command(  # type: ignore[no-untyped-call]
-            "FT.SEARCH", index or self.alias,
-            f"({where})=>[KNN {k} @embedding $vector{policy} AS distance]",
-            "RETURN", len(fields), *fields,
-            "SORTBY", "distance", "ASC",
-            "DIALECT", 2,
-            "LIMIT", 0, k,
-            "PARAMS", 2, "vector", blob,
-            **{NEVER_DECODE: True},
-        )  # fmt: skip
+        return f"({where})=>[KNN {k} @embedding $vector{policy} AS distance]"
 
     async def text(
         self, terms: Sequence[str], k: int, filters: Filters, index: str | None = None
