@@ -332,7 +332,8 @@ async def test_near_blend_sums_weighted_cosines_in_one_query(
     near = await services.vectors.near_blend(weights, 10)
     version, _ = await services.vectors.live_model()
     ids = [f"p{i}" for i in range(6)]
-    vectors = dict(zip(ids, await services.vectors.index.vectors(version, ids), strict=True))
+    matrix, _ = await services.vectors.index.vectors(version, ids)
+    vectors = dict(zip(ids, matrix, strict=True))
     expected = {
         other: sum(
             weight * float(vectors[anchor] @ vectors[other])

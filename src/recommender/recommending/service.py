@@ -3,8 +3,9 @@
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Literal, TypeVar
 
 import msgspec
@@ -136,11 +137,11 @@ class RecommendService:
         if neighbours is None:
             await self.catalog.get(product_id)  # 404 for an unknown product
             return RecommendationList(rec_id=new_rec_id(), items=[], embedded=False)
-        reason = Reason(strategy="similar", anchor=product_id)
         blend = _Blend()
-        for other, score in neighbours:
-            if score >= threshold:
-                blend.add(other, score, reason)
+        blend.add(
+            [(other, score) for other, score in neighbours if score >= threshold],
+            1.0, Reason(strategy="similar", anchor=product_id),
+        )  # fmt: skip
         found = await self._ranked_list(blend, k, filters, set(), diversify=False)
         more = len(neighbours) == depth and neighbours[-1].score >= threshold
         if len(found.items) < k and more:  # out of stock or excluded: look past those kept
@@ -156,11 +157,12 @@ class RecommendService:
             return RecommendationList(rec_id=new_rec_id(), items=[], embedded=False)
         if not np.any(vector):  # no known term: nothing is similar to it
             return RecommendationList(rec_id=new_rec_id(), items=[])
-        reason = Reason(strategy="similar", anchor=product_id)
         blend = _Blend()
-        for other, score in await self.vectors.nearest_ids(version, vector, k, filters):
-            if score >= threshold:
-                blend.add(other, score, reason)
+        nearest = await self.vectors.nearest_ids(version, vector, k, filters)
+        blend.add(
+            [(other, score) for other, score in nearest if score >= threshold],
+            1.0, Reason(strategy="similar", anchor=product_id),
+        )  # fmt: skip
         return await self._ranked_list(blend, k, filters, set(), diversify=False)
 
     async def search(
@@ -282,15 +284,12 @@ class RecommendService:
             _given(category) if category else self._favourite_category(anchors),
         )
         if not exclude_purchased:
-            for product_id, weight in purchased.items():
-                blend.add(product_id, self.settings.buy_again_weight * weight,
-                          Reason(strategy="buy_again"))  # fmt: skip
+            blend.add(
+                purchased.items(), self.settings.buy_again_weight, Reason(strategy="buy_again")
+            )
         popular, selling = await self.selling_now.get(category)
-        floor = self.settings.selling_now_floor
-        blend.scale(lambda product_id: selling.get(product_id, 0.0) + floor)
-        for product_id, weight in popular[: k * 3]:
-            blend.add(product_id, self.settings.popularity_weight * weight,
-                      Reason(strategy="popular"))  # fmt: skip
+        blend.scale(selling, self.settings.selling_now_floor)
+        blend.add(popular[: k * 3], self.settings.popularity_weight, Reason(strategy="popular"))
         leave_out = set(purchased) if exclude_purchased else set()
         return blend.ranked(leave_out), near, anchors
 
@@ -346,13 +345,10 @@ class RecommendService:
             for _, strategy, weight in sources:
                 reason = Reason(strategy=strategy, anchor=anchor.product_id,  # type: ignore[arg-type]
                                 anchor_event=anchor.event)  # fmt: skip
-                for product_id, share in next(neighbour_lists):
-                    blend.add(product_id, weight * anchor.weight * share, reason)
+                blend.add(next(neighbour_lists), weight * anchor.weight, reason)
         if near is not None:
             # Which anchor a content neighbour owes most to is worked out for the few shown.
-            reason = Reason(strategy="similar")
-            for product_id, score in near.hits:
-                blend.add(product_id, settings.content_weight * score, reason)
+            blend.add(near.hits, settings.content_weight, Reason(strategy="similar"))
         return near
 
     async def _anchor_reasons(
@@ -387,8 +383,7 @@ class RecommendService:
 
     async def buy_again(self, shopper: Shopper, k: int, filters: Filters) -> RecommendationList:
         blend = _Blend()
-        for product_id, weight in await self.tracking.purchased(shopper):
-            blend.add(product_id, weight, Reason(strategy="buy_again"))
+        blend.add(await self.tracking.purchased(shopper), 1.0, Reason(strategy="buy_again"))
         return await self._ranked_list(blend, k, filters, set(), diversify=False)
 
     async def bought_together(
@@ -403,12 +398,10 @@ class RecommendService:
         ):
             neighbours = await self.tracking.co_occurring(kind, product_id, n)
             reason = Reason(strategy=strategy, anchor=product_id)  # type: ignore[arg-type]
-            for other, share in neighbours:
-                blend.add(other, share / 10**rank, reason)  # a fallback never outranks the source
+            blend.add(neighbours, 10.0**-rank, reason)  # a fallback never outranks the source
         if len(blend.scores) < k:
-            reason = Reason(strategy="similar", anchor=product_id)
-            for other, score in await self.vectors.neighbours(product_id, n) or []:
-                blend.add(other, score / 100, reason)
+            nearest = await self.vectors.neighbours(product_id, n) or []
+            blend.add(nearest, 0.01, Reason(strategy="similar", anchor=product_id))
         return await self._ranked_list(blend, k, filters, {product_id}, diversify=False)
 
     async def popular(
@@ -416,15 +409,13 @@ class RecommendService:
     ) -> RecommendationList:
         ranked = await self.tracking.popular(days or self.popular_days, filters.category, k * 3)
         blend = _Blend()
-        for product_id, weight in ranked:
-            blend.add(product_id, weight, Reason(strategy="popular"))
+        blend.add(ranked, 1.0, Reason(strategy="popular"))
         return await self._ranked_list(blend, k, filters, set(), diversify=False)
 
     async def trending(self, k: int, filters: Filters) -> RecommendationList:
         ranked = await self.tracking.trending(filters.category, k * 3)
         blend = _Blend()
-        for product_id, weight in ranked:
-            blend.add(product_id, weight, Reason(strategy="trending"))
+        blend.add(ranked, 1.0, Reason(strategy="trending"))
         return await self._ranked_list(blend, k, filters, set(), diversify=False)
 
     async def _ranked_list(
@@ -486,22 +477,29 @@ class _Blend:
         self.reasons: dict[str, Reason] = {}
         self._best: dict[str, float] = {}
 
-    def add(self, product_id: str, score: float, reason: Reason) -> None:
-        if score <= 0:
-            return
-        self.scores[product_id] = self.scores.get(product_id, 0.0) + score
-        if score > self._best.get(product_id, 0.0):
-            self._best[product_id] = score
-            self.reasons[product_id] = reason
+    def add(self, scored: Iterable[tuple[str, float]], weight: float, reason: Reason) -> None:
+        """Add weight x score to each product's (positive ones only), all for one reason."""
+        # A call per source, not per product: a "for you" list adds about 700 candidates.
+        scores, best, reasons = self.scores, self._best, self.reasons
+        for product_id, share in scored:
+            score = weight * share
+            if score <= 0:
+                continue
+            scores[product_id] = scores.get(product_id, 0.0) + score
+            if score > best.get(product_id, 0.0):
+                best[product_id] = score
+                reasons[product_id] = reason
 
     def ranked(self, leave_out: set[str]) -> list["Candidate"]:
         """The candidates but those left out, best first."""
-        order = sorted(self.scores, key=lambda p: -self.scores[p])
-        return [(p, self.scores[p], self.reasons[p]) for p in order if p not in leave_out]
+        reasons = self.reasons
+        order = sorted(self.scores.items(), key=itemgetter(1), reverse=True)  # ties keep order
+        return [(p, score, reasons[p]) for p, score in order if p not in leave_out]
 
-    def scale(self, factor: Callable[[str], float]) -> None:
-        """Multiply each candidate's score so far, and its best source's, by factor(product)."""
-        for product_id in self.scores:
-            by = factor(product_id)
-            self.scores[product_id] *= by
-            self._best[product_id] *= by
+    def scale(self, factors: Mapping[str, float], floor: float) -> None:
+        """Multiply each candidate's score so far, and its best source's, by its factor + floor."""
+        scores, best = self.scores, self._best
+        for product_id, score in scores.items():
+            by = factors.get(product_id, 0.0) + floor
+            scores[product_id] = score * by
+            best[product_id] *= by

@@ -367,20 +367,26 @@ class VectorIndex:
         return results
 
     async def vector(self, version: int, product_id: str) -> np.ndarray[Any, Any] | None:
-        return (await self.vectors(version, [product_id]))[0]
+        """The product's vector; zeros if it embeds as nothing; None if not indexed (yet)."""
+        matrix, indexed = await self.vectors(version, [product_id])
+        return matrix[0] if indexed[0] else None
 
-    async def vectors(self, version: int, ids: Sequence[str]) -> list[np.ndarray[Any, Any] | None]:
-        """Each product's vector; zeros if it embeds as nothing; None if not indexed (yet)."""
+    async def vectors(
+        self, version: int, ids: Sequence[str]
+    ) -> tuple[np.ndarray[Any, np.dtype[np.float32]], list[bool]]:
+        """The products' vectors as rows (zeros for one that embeds as nothing or is not
+        indexed yet), and whether each is indexed."""
+        matrix = np.zeros((len(ids), DIMS), dtype=np.float32)
         if not ids:
-            return []
+            return matrix, []
         keys = [self.doc_key(version, product_id) for product_id in ids]
         replies: list[Any] = await self._read_vectors(keys=keys)
-        return [
-            None if indexed is None
-            else np.zeros(DIMS, dtype=np.float32) if embedding is None
-            else np.frombuffer(embedding, dtype=np.float32)
-            for embedding, indexed in replies
-        ]  # fmt: skip
+        # Decoded in one piece: an array per vector cost "for you" 0.6 ms for its 100 anchors.
+        rows = [row for row, (embedding, _) in enumerate(replies) if embedding is not None]
+        if rows:
+            joined = b"".join(replies[row][0] for row in rows)
+            matrix[rows] = np.frombuffer(joined, dtype=np.float32).reshape(len(rows), DIMS)
+        return matrix, [indexed is not None for _, indexed in replies]
 
     async def indexed_versions(self, version: int, ids: Sequence[str]) -> list[int | None]:
         async with self.client.pipeline(transaction=False) as pipe:

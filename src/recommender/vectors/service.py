@@ -409,21 +409,20 @@ class VectorService:
         if state.live is None or not weights:
             return BlendNeighbours([], 0, [], np.zeros((0, 0), dtype=np.float32))
         version = state.live
-        ids = [product_id for product_id, _ in weights]
-        vectors = await self.index.vectors(version, ids)
-        found = [
-            (product_id, weight, vector)
-            for (product_id, weight), vector in zip(weights, vectors, strict=True)
-            if vector is not None and np.any(vector)
-        ]
-        if not found:
+        matrix, _ = await self.index.vectors(version, [product_id for product_id, _ in weights])
+        found = np.any(matrix, axis=1)  # not indexed yet, or no known term: nothing to blend
+        if not found.any():
             return BlendNeighbours([], version, [], np.zeros((0, 0), dtype=np.float32))
-        rows = np.stack([weight * vector for _, weight, vector in found])
+        kept = [
+            pair for pair, has_vector in zip(weights, found.tolist(), strict=True) if has_vector
+        ]
+        rows = matrix[found] * np.array([weight for _, weight in kept], dtype=np.float32)[:, None]
         blend = rows.sum(axis=0)
         length = float(np.linalg.norm(blend))
+        blended = [product_id for product_id, _ in kept]
         if length == 0:
-            return BlendNeighbours([], version, [], rows)
-        own = {product_id: weight for product_id, weight, _ in found}
+            return BlendNeighbours([], version, blended, rows)
+        own = dict(kept)
         hits = [
             (product_id, cosine * length - own.get(product_id, 0.0))
             for product_id, cosine in await self.index.knn_ids(
@@ -431,7 +430,7 @@ class VectorService:
             )
         ]
         hits.sort(key=lambda hit: -hit[1])
-        return BlendNeighbours(hits, version, [product_id for product_id, _, _ in found], rows)
+        return BlendNeighbours(hits, version, blended, rows)
 
     async def strongest_blended(
         self, near: BlendNeighbours, product_ids: Sequence[str]
@@ -439,19 +438,20 @@ class VectorService:
         """For each product, the blended product whose weight x cosine adds most to its score."""
         if not near.blended or not product_ids:
             return {}
-        vectors = await self.index.vectors(near.version, product_ids)
-        strongest: dict[str, str] = {}
-        for product_id, vector in zip(product_ids, vectors, strict=True):
-            if vector is None or not np.any(vector):
-                continue
-            shares = near.rows @ vector
-            for row, blended in enumerate(near.blended):
-                if blended == product_id:
-                    shares[row] = -np.inf  # never its own reason
-            best = int(np.argmax(shares))
-            if np.isfinite(shares[best]):
-                strongest[product_id] = near.blended[best]
-        return strongest
+        matrix, _ = await self.index.vectors(near.version, product_ids)
+        shares = matrix @ near.rows.T  # a row per product, a column per blended product
+        columns = {blended: column for column, blended in enumerate(near.blended)}
+        for row, product_id in enumerate(product_ids):
+            if (own := columns.get(product_id)) is not None:
+                shares[row, own] = -np.inf  # never its own reason
+        best = shares.argmax(axis=1)
+        return {
+            product_id: near.blended[column]
+            for product_id, column, has_vector, row in zip(
+                product_ids, best, np.any(matrix, axis=1).tolist(), shares, strict=True
+            )
+            if has_vector and np.isfinite(row[column])
+        }
 
     async def nearest(
         self, version: int, vector: np.ndarray[Any, Any], k: int, filters: Filters
