@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from recommender.catalog.schemas import Product, category_prefixes
 from recommender.platform.changelog import log_change_lua
-from recommender.platform.redis import Keyspace
+from recommender.platform.redis import Keyspace, ScriptCall, run_script_many
 
 # KEYS: product, ids, stream, change log counter and stream, then the category sets (removed
 # first). ARGV: expected version, id, version, json, op, how many category sets are removals.
@@ -103,13 +103,13 @@ class CatalogRepository:
 
     async def write_many(self, writes: Sequence[Write]) -> list[bool]:
         """Apply each write atomically; False where another writer got there first."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for write in writes:
-                await self._queue_write(pipe, write)
-            results: list[Any] = await pipe.execute()
-        return [bool(result) for result in results]
+        calls = [self._write_call(write) for write in writes]
+        return [
+            bool(result) for result in await run_script_many(self.client, self._write_script, calls)
+        ]
 
-    async def _queue_write(self, pipe: Any, write: Write) -> None:
+    def _write_call(self, write: Write) -> ScriptCall:
+        """The write script's keys and arguments for one write."""
         old = category_prefixes(write.old_category)
         new = category_prefixes(write.product.category) if write.product else []
         removed = [path for path in old if path not in new]
@@ -126,7 +126,7 @@ class CatalogRepository:
             "upsert" if write.product else "delete",
             len(removed),
         ]
-        await self._write_script(keys=keys, args=args, client=pipe)
+        return keys, args
 
     async def list_ids(self, category: str, after: str | None, limit: int) -> list[str]:
         key = self.category_key(category) if category else self.ids_key

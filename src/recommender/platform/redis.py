@@ -1,12 +1,15 @@
 """The async Redis client and the key namespace every module's keys live under."""
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recommender.config import RedisSettings
@@ -49,6 +52,36 @@ def create_client(settings: RedisSettings, url: str) -> "aioredis.Redis":
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), settings.retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+
+
+# A script's keys and arguments for one run.
+ScriptCall = tuple[Sequence[Any], Sequence[Any]]
+
+
+async def run_script_many(
+    client: "aioredis.Redis", script: AsyncScript, calls: Sequence[ScriptCall]
+) -> list[Any]:
+    """Run the script once per call, in order and in one round trip; the replies in order.
+
+    A redis-py pipeline that runs a script first asks SCRIPT EXISTS: a second round trip every
+    time. Here the EVALSHAs go straight; a call that found the server without the script (it
+    ran nothing: a restart emptied the script cache) runs again through the script, which
+    loads it. The first error is raised once every call has run, as a pipeline does.
+    """
+    if not calls:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    for position, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError):
+            keys, args = calls[position]
+            replies[position] = await script(keys=list(keys), args=list(args))
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 async def search_module_loaded(client: "aioredis.Redis") -> bool:

@@ -36,7 +36,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from recommender.platform.redis import Keyspace
+from recommender.platform.redis import Keyspace, ScriptCall, run_script_many
 
 _LOGADD = """
 local function logsum(old, value)
@@ -258,25 +258,26 @@ class TrackingRepository:
 
     # -- writes -----------------------------------------------------------------------------------
 
-    async def ingest(self, pipe: Any, keys: Sequence[str], args: Sequence[Any]) -> None:
-        """Queue one event's synchronous write on a pipeline (returns 1, or 0 if a duplicate)."""
-        await self._ingest(keys=list(keys), args=list(args), client=pipe)
-
-    def pipeline(self) -> Any:
-        return self.client.pipeline(transaction=False)
+    async def ingest_many(self, plans: Sequence[ScriptCall]) -> list[Any]:
+        """Each event's synchronous write, (keys, args), in one round trip: 1 each, or 0 for a
+        duplicate."""
+        return await run_script_many(self.client, self._ingest, plans)
 
     async def aggregate(self, ttl: int, plans: Sequence[tuple[str, float, Aggregation]]) -> None:
         """Apply each (stream entry id, event time, plan) once, in one round trip."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for entry_id, timestamp, plan in plans:
-                keys = [
+        calls = [
+            (
+                [
                     self.keys.key("agg", "done", entry_id),
                     self.keys.key("agg", "clock"),
                     self.keys.key("pop", "days"),
                     *plan.keys,
-                ]
-                await self._aggregate(keys=keys, args=[ttl, timestamp, *plan.args], client=pipe)
-            await pipe.execute()
+                ],
+                [ttl, timestamp, *plan.args],
+            )
+            for entry_id, timestamp, plan in plans
+        ]
+        await run_script_many(self.client, self._aggregate, calls)
 
     # -- reads ------------------------------------------------------------------------------------
 

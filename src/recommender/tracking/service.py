@@ -115,11 +115,9 @@ class TrackingService:
                 )  # fmt: skip
                 continue
             valid.append((index, event, timestamp))
-        async with self.repository.pipeline() as pipe:
-            for _, event, timestamp in valid:
-                keys, args = self._ingest_plan(event, timestamp)
-                await self.repository.ingest(pipe, keys, args)
-            outcomes: list[Any] = await pipe.execute()
+        outcomes = await self.repository.ingest_many(
+            [self._ingest_plan(event, timestamp) for _, event, timestamp in valid]
+        )
         for (index, event, _), outcome in zip(valid, outcomes, strict=True):
             results[index] = EventResult(
                 index=index, status="accepted" if outcome else "duplicate", event_id=event.event_id

@@ -30,7 +30,7 @@ from redis.exceptions import ResponseError
 from recommender.catalog import Product, category_prefixes
 from recommender.config import VectorSettings
 from recommender.platform.changelog import log_change_lua
-from recommender.platform.redis import Keyspace
+from recommender.platform.redis import Keyspace, ScriptCall, run_script_many
 from recommender.vectors.model import DIMS
 
 TAG_SEPARATOR = "|"
@@ -351,18 +351,16 @@ class VectorIndex:
         results: list[int] = []
         for start in range(0, len(products), _WRITES_PER_ROUND_TRIP):
             end = start + _WRITES_PER_ROUND_TRIP
-            async with self.client.pipeline(transaction=False) as pipe:
-                for product, vector in zip(products[start:end], vectors[start:end], strict=True):
-                    # A text with no known term embeds as zero, which has no cosine: it stays out
-                    # of the vector index (RediSearch would rank it at distance NaN) but in the
-                    # text one.
-                    embedding = _blob(vector) if np.any(vector) else b""
-                    await self._guarded_write(
-                        keys=[*log, product_key(product.id), self.doc_key(version, product.id)],
-                        args=[product.id, product.version, embedding, *self._fields(product)],
-                        client=pipe,
-                    )
-                replies: list[Any] = await pipe.execute()
+            calls: list[ScriptCall] = []
+            for product, vector in zip(products[start:end], vectors[start:end], strict=True):
+                # A text with no known term embeds as zero, which has no cosine: it stays out of
+                # the vector index (RediSearch would rank it at distance NaN) but in the text one.
+                embedding = _blob(vector) if np.any(vector) else b""
+                calls.append((
+                    [*log, product_key(product.id), self.doc_key(version, product.id)],
+                    [product.id, product.version, embedding, *self._fields(product)],
+                ))  # fmt: skip
+            replies = await run_script_many(self.client, self._guarded_write, calls)
             results += [int(reply) for reply in replies]
         return results
 
