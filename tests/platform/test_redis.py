@@ -2,6 +2,7 @@
 
 import pytest
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from recommender.platform.redis import Keyspace, run_script_many
@@ -13,6 +14,16 @@ return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
 
 
+@pytest.fixture
+def key(namespace: str) -> str:
+    return Keyspace(namespace).key("list")
+
+
+@pytest.fixture
+def append(redis: "aioredis.Redis") -> AsyncScript:
+    return redis.register_script(_APPEND)
+
+
 async def _calls_of(redis: "aioredis.Redis", command: str) -> int:
     stats: dict[str, dict[str, int]] = await redis.info("commandstats")
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
@@ -20,14 +31,12 @@ async def _calls_of(redis: "aioredis.Redis", command: str) -> int:
 
 @pytest.mark.asyncio
 async def test_runs_every_call_in_order_without_asking_whether_the_script_exists(
-    redis: "aioredis.Redis", namespace: str
+    redis: "aioredis.Redis", key: str, append: AsyncScript
 ) -> None:
-    key = Keyspace(namespace).key("list")
-    script = redis.register_script(_APPEND)
-    await script(keys=[key], args=["first"])  # loaded
+    await append(keys=[key], args=["first"])  # loaded
     asked = await _calls_of(redis, "script|exists")
 
-    replies = await run_script_many(redis, script, [([key], [word]) for word in "abc"])
+    replies = await run_script_many(redis, append, [([key], [word]) for word in "abc"])
 
     assert replies == [2, 3, 4]
     assert await redis.lrange(key, 0, -1) == [b"first", b"a", b"b", b"c"]
@@ -36,13 +45,11 @@ async def test_runs_every_call_in_order_without_asking_whether_the_script_exists
 
 @pytest.mark.asyncio
 async def test_runs_the_calls_again_when_the_server_has_lost_the_script(
-    redis: "aioredis.Redis", namespace: str
+    redis: "aioredis.Redis", key: str, append: AsyncScript
 ) -> None:
-    key = Keyspace(namespace).key("list")
-    script = redis.register_script(_APPEND)
     await redis.script_flush()  # as after a restart
 
-    replies = await run_script_many(redis, script, [([key], ["a"]), ([key], ["b"])])
+    replies = await run_script_many(redis, append, [([key], ["a"]), ([key], ["b"])])
 
     assert replies == [1, 2]
     assert await redis.lrange(key, 0, -1) == [b"a", b"b"]  # each once, in order
@@ -50,13 +57,10 @@ async def test_runs_the_calls_again_when_the_server_has_lost_the_script(
 
 @pytest.mark.asyncio
 async def test_an_error_is_raised_after_every_call_has_run(
-    redis: "aioredis.Redis", namespace: str
+    redis: "aioredis.Redis", key: str, append: AsyncScript
 ) -> None:
-    key = Keyspace(namespace).key("list")
-    script = redis.register_script(_APPEND)
-
     with pytest.raises(ResponseError, match="told to fail"):
-        await run_script_many(redis, script, [([key], ["a"]), ([key], ["fail"]), ([key], ["b"])])
+        await run_script_many(redis, append, [([key], ["a"]), ([key], ["fail"]), ([key], ["b"])])
 
     assert await redis.lrange(key, 0, -1) == [b"a", b"b"]
-    assert await run_script_many(redis, script, []) == []
+    assert await run_script_many(redis, append, []) == []
