@@ -265,3 +265,26 @@ async def test_bm25_answers_what_redis_py_parsing_gives_over_both_protocols(
         ]
         assert await index.text(terms, 5, filters, name) == expected
         assert await over_resp2.text(terms, 5, filters, name) == expected
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda filters: filters.clause())
+async def test_both_sides_of_a_search_in_one_round_trip_answer_as_each_alone(
+    services: Services, catalog: tuple[int, list[np.ndarray[Any, Any]]], filters: Filters
+) -> None:
+    version, vectors = catalog
+    index = services.vectors.index
+    name = index.name(version)
+    for terms, vector in (
+        (["ceramic", "mug"], vectors[0]),
+        (["wool"], vectors[3]),
+        ([], vectors[1]),
+    ):
+        both = await index.text_and_knn(terms, vector, 5, filters, name)
+        alone = (
+            await index.text(terms, 5, filters, name),
+            await index.knn(vector, 5, filters, name),
+        )
+        assert both == alone
+        if filters is not FILTERS[-1]:  # all but the one that matches nothing find something
+            assert both[1]

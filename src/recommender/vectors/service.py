@@ -453,20 +453,24 @@ class VectorService:
             if has_vector and np.isfinite(row[column])
         }
 
-    async def nearest(
-        self, version: int, vector: np.ndarray[Any, Any], k: int, filters: Filters
-    ) -> list[Hit]:
-        return await self.index.knn(vector, k, filters, self.index.name(version))
-
     async def nearest_ids(
         self, version: int, vector: np.ndarray[Any, Any], k: int, filters: Filters
     ) -> list[Neighbour]:
         return await self.index.knn_ids(vector, k, filters, self.index.name(version))
 
-    async def lexical(
-        self, version: int, terms: Sequence[str], k: int, filters: Filters
-    ) -> list[Hit]:
-        return await self.index.text(terms, k, filters, self.index.name(version))
+    async def lexical_and_nearest(
+        self,
+        version: int,
+        terms: Sequence[str],
+        vector: np.ndarray[Any, Any] | None,
+        k: int,
+        filters: Filters,
+    ) -> tuple[list[Hit], list[Hit]]:
+        """BM25 hits for the terms and the vector's nearest (none for no terms or no vector)."""
+        name = self.index.name(version)
+        if vector is None:
+            return await self.index.text(terms, k, filters, name), []
+        return await self.index.text_and_knn(terms, vector, k, filters, name)
 
     async def spellcheck(self, version: int, terms: Sequence[str]) -> dict[str, str]:
         return await self.index.spellcheck(terms, self.index.name(version))
