@@ -17,8 +17,8 @@ How:
 4. Each query runs as FT.SEARCH with `EF_RUNTIME $ef` for every EF in the sweep, in two shapes:
    `knn`, the bare `*=>[KNN k ...]` (k = 11 for product queries, self dropped afterwards), and
    `similar`, the filter /similar and /search send (`@in_stock:{1} -@pid:{self}`, k = 10), which
-   RediSearch runs as a hybrid query. The `VectorIndex.knn` row is the service's own query path
-   at the index's default EF_RUNTIME (the configured `hnsw_ef_runtime`), documents decoded.
+   RediSearch runs as a hybrid query. The `VectorIndex.knn_ids` row is the service's own query
+   path at the index's default EF_RUNTIME (the configured `hnsw_ef_runtime`).
    The baseline is a FLAT (brute-force, exact) index over the same documents in the same Redis:
    its recall checks the measurement itself and its latency is what the HNSW times are
    compared with; a PING gives the bare round trip.
@@ -285,13 +285,13 @@ class Bench:
         return search
 
     def service_knn(self, index: VectorIndex, version: int) -> Search:
-        """`VectorIndex.knn` exactly as RecommendService.similar calls it."""
+        """`VectorIndex.knn_ids` exactly as RecommendService.similar calls it."""
 
         async def search(query: int) -> Rows:
-            hits = await index.knn(
+            hits = await index.knn_ids(
                 self.queries.vectors[query], K, self.filters(query), index.name(version)
             )
-            return [self.row_of[hit.product.id] for hit in hits]
+            return [self.row_of[hit.product_id] for hit in hits]
 
         return search
 
@@ -404,20 +404,22 @@ async def zero_vector_probe(
         " counts as a wrong answer"
     )
     name, prefix = index.name(version), index.prefix(version)
-    for shape in ("VectorIndex.knn", *SHAPES):
+    for shape in ("VectorIndex.knn_ids", *SHAPES):
         polluted = nan = 0
         recall = []
         for query in range(len(bench.queries.vectors)):
-            if shape == "VectorIndex.knn":
-                knn = await index.knn(bench.queries.vectors[query], K, bench.filters(query), name)
-                hits = [(hit.product.id, 1.0 - hit.score) for hit in knn]
+            if shape == "VectorIndex.knn_ids":
+                knn = await index.knn_ids(
+                    bench.queries.vectors[query], K, bench.filters(query), name
+                )
+                hits = [(hit.product_id, 1.0 - hit.score) for hit in knn]
             else:
                 hits = await bench.found(name, prefix, query, shape, ef)
             polluted += any(product_id in ids for product_id, _ in hits)
             nan += sum(np.isnan(distance) for _, distance in hits)
             rows = [bench.row_of[i] for i, _ in hits if i in bench.row_of]
             recall.append(bench.truth.recall(query, rows)[0])
-        where = "" if shape == "VectorIndex.knn" else f" EF {ef}"
+        where = "" if shape == "VectorIndex.knn_ids" else f" EF {ef}"
         print(
             f"  {shape + where:<22} zero-vector products in {polluted:4} of "
             f"{len(bench.queries.vectors)} answers, {nan:4} NaN distances, "
@@ -437,11 +439,11 @@ async def zero_vector_probe(
         f"  category={ZERO_PROBE_CATEGORY!r} filter ({len(copies)} ordinary + {len(ids)} "
         f"zero-vector products), k={K}, {len(product_queries)} product queries:"
     )
-    for shape in ("VectorIndex.knn", "similar/BATCHES"):
+    for shape in ("VectorIndex.knn_ids", "similar/BATCHES"):
         nan_answers = disordered = returned = 0
         for query in product_queries:
-            if shape == "VectorIndex.knn":
-                knn = await index.knn(bench.queries.vectors[query], K, in_category, name)
+            if shape == "VectorIndex.knn_ids":
+                knn = await index.knn_ids(bench.queries.vectors[query], K, in_category, name)
                 distances = [1.0 - hit.score for hit in knn]
             else:
                 found = await bench.found(name, prefix, query, shape, ef, in_category)
@@ -539,7 +541,7 @@ async def measure_all(
     for version, index in indexes:
         label = hnsw_label(index.settings)
         outcomes.append(
-            await bench.measure(label, "VectorIndex.knn", str(index.settings.hnsw_ef_runtime),
+            await bench.measure(label, "VectorIndex.knn_ids", str(index.settings.hnsw_ef_runtime),
                                 bench.service_knn(index, version))
         )  # fmt: skip
         for ef in efs:

@@ -2,7 +2,7 @@
 
 The live index is the highest `{ns}idx:products:v{N}` in FT._LIST; the query vectors are the
 stored ones (`{ns}vec:{N}:{id}`, field `embedding`) of the imported products, read before the
-clock starts. The ceiling is a query as `VectorIndex.knn` sends it (search's vector side): in
+clock starts. The ceiling is a query as `VectorIndex.search` sends its vector side: in
 stock, the product itself excluded, KNN 10 walking the HNSW graph in batches (HYBRID_POLICY
 BATCHES) at the configured EF_RUNTIME, returning the stored JSON and the distance. (An
 unfiltered `/similar` reads its neighbours from the process's cache, which `knn_ids` fills.) For
@@ -30,7 +30,7 @@ from recommender.vectors import Filters
 
 K = 10
 SAMPLE = 1000
-# What VectorIndex.knn sends after the query: the JSON and the distance, nearest first.
+# What a search's KNN sends after the query: the JSON and the distance, nearest first.
 QUERY_OPTIONS = ("RETURN", 2, "doc", "distance", "SORTBY", "distance", "LIMIT", 0, K,
                  "PARAMS", 2, "vector")  # fmt: skip
 
@@ -77,7 +77,7 @@ async def _query_vectors(
 
 
 def _similar_query(product_id: str, ef_runtime: int) -> str:
-    # As VectorIndex.knn builds it for broad filters (stock, exclusions): HNSW walked in batches.
+    # As VectorIndex builds it for broad filters (stock, exclusions): HNSW walked in batches.
     where = Filters(in_stock=True, exclude=(product_id,)).clause()
     return (
         f"({where})=>[KNN {K} @embedding $vector EF_RUNTIME {ef_runtime} "

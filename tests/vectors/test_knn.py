@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from redis.client import NEVER_DECODE
 from redis.commands.search.query import Query
 
 from conftest import Drain
@@ -18,7 +17,7 @@ from recommender.config import Settings
 from recommender.platform.redis import Keyspace
 from recommender.services import Services
 from recommender.vectors import Filters, Hit, Neighbour, VectorIndex
-from recommender.vectors.index import search_hits
+from recommender.vectors.index import SearchSides
 
 NAMES = [
     "White ceramic coffee mug", "Blue ceramic coffee mug", "Brass desk lamp", "Brass floor lamp",
@@ -85,59 +84,25 @@ async def redis_py_search(
     return await redis.ft(index).search(query, {"vector": blob})
 
 
-def raw_command(index: str, vector: np.ndarray[Any, Any], k: int) -> list[Any]:
-    blob = np.asarray(vector, dtype=np.float32).tobytes()
-    return [
-        "FT.SEARCH", index, f"*=>[KNN {k} @embedding $vector AS distance]",
-        "RETURN", 2, "pid", "distance", "SORTBY", "distance", "ASC", "LIMIT", 0, k,
-        "PARAMS", 2, "vector", blob, "DIALECT", 2,
-    ]  # fmt: skip
-
-
-@pytest.mark.asyncio
-async def test_search_hits_reads_resp3_and_resp2_replies_as_redis_py_does(
+async def searched(
     services: Services,
-    catalog: tuple[int, list[np.ndarray[Any, Any]]],
-    redis: "aioredis.Redis",
-    resp2: "aioredis.Redis",
-) -> None:
-    version, vectors = catalog
-    index = services.vectors.index.name(version)
-    command = raw_command(index, vectors[0], 5)
-    resp3_reply = await redis.execute_command(*command, **{NEVER_DECODE: True})
-    resp2_reply = await resp2.execute_command(*command, **{NEVER_DECODE: True})
-    assert isinstance(resp3_reply, dict)  # redis-py's default protocol is RESP3
-    assert isinstance(resp2_reply, list)
-
-    reference = await redis_py_search(redis, index, vectors[0], 5, Filters(), "pid", "distance")
-    expected = [
-        (doc.id.encode(), {b"pid": doc.pid.encode(), b"distance": doc.distance.encode()})
-        for doc in reference.docs
-    ]
-    assert len(expected) == 5
-    assert [(key, dict(fields)) for key, fields in search_hits(resp3_reply)] == expected
-    assert [(key, dict(fields)) for key, fields in search_hits(resp2_reply)] == expected
-
-
-@pytest.mark.asyncio
-async def test_search_hits_of_an_empty_reply_is_empty(
-    services: Services,
-    catalog: tuple[int, list[np.ndarray[Any, Any]]],
-    redis: "aioredis.Redis",
-    resp2: "aioredis.Redis",
-) -> None:
-    version, vectors = catalog
-    command = raw_command(services.vectors.index.name(version), vectors[0], 5)
-    command[2] = "(@category:{Garden})=>[KNN 5 @embedding $vector AS distance]"
-    for client in (redis, resp2):
-        reply = await client.execute_command(*command, **{NEVER_DECODE: True})
-        assert list(search_hits(reply)) == []
+    version: int,
+    terms: list[str],
+    vector: np.ndarray[Any, Any] | None,
+    k: int,
+    filters: Filters,
+    index: VectorIndex | None = None,
+) -> SearchSides:
+    """A search's two sides in the live version's index, as the service sends it."""
+    return await (index or services.vectors.index).search(
+        version, terms, vector, k, filters, state_key=services.vectors.store.state_key
+    )
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("filters", FILTERS, ids=lambda filters: filters.clause())
 @pytest.mark.parametrize("k", [3, 8, 20])
-async def test_knn_and_knn_ids_answer_what_redis_py_parsing_gives(
+async def test_knn_ids_and_search_answer_what_redis_py_parsing_gives(
     services: Services,
     catalog: tuple[int, list[np.ndarray[Any, Any]]],
     redis: "aioredis.Redis",
@@ -155,7 +120,7 @@ async def test_knn_and_knn_ids_answer_what_redis_py_parsing_gives(
             for doc in reference.docs
         ]
         assert await index.knn_ids(vector, k, filters, name) == ids
-        assert await index.knn(vector, k, filters, name) == hits
+        assert (await searched(services, version, [], vector, k, filters)).nearest == hits
         assert await index.knn_ids(vector, k, filters) == ids  # through the alias
     assert all(math.isfinite(score) for _, score in ids)
 
@@ -175,9 +140,9 @@ async def test_a_resp2_client_gets_the_same_answers(
         assert await over_resp2.knn_ids(vectors[1], 8, filters, name) == await index.knn_ids(
             vectors[1], 8, filters, name
         )
-        assert await over_resp2.knn(vectors[1], 8, filters, name) == await index.knn(
-            vectors[1], 8, filters, name
-        )
+        assert await searched(
+            services, version, ["wool"], vectors[1], 8, filters, over_resp2
+        ) == await searched(services, version, ["wool"], vectors[1], 8, filters)
 
 
 @pytest.mark.asyncio
@@ -202,7 +167,7 @@ async def test_nan_distances_are_left_out_and_the_order_kept(
     assert distances[index.doc_key(version, "zero")] == "-nan"  # what the server really sends
 
     ids = await index.knn_ids(vectors[0], 20, Filters(), name)
-    hits = await index.knn(vectors[0], 20, Filters(), name)
+    hits = (await searched(services, version, [], vectors[0], 20, Filters())).nearest
     expected = [
         (doc.id.removeprefix(index.prefix(version)), 1.0 - float(doc.distance))
         for doc in raw.docs
@@ -214,7 +179,7 @@ async def test_nan_distances_are_left_out_and_the_order_kept(
     assert [score for _, score in expected] == sorted((s for _, s in expected), reverse=True)
     # A zero query vector is NaN to everything: nothing is answered.
     assert await index.knn_ids(zero, 20, Filters(), name) == []
-    assert await index.knn(zero, 20, Filters(), name) == []
+    assert await searched(services, version, [], zero, 20, Filters()) == (version, [], [])
 
 
 @pytest.mark.asyncio
@@ -263,8 +228,9 @@ async def test_bm25_answers_what_redis_py_parsing_gives_over_both_protocols(
             Hit(msgspec.json.decode(doc.doc, type=Product), float(doc.score))
             for doc in reference.docs
         ]
-        assert await index.text(terms, 5, filters, name) == expected
-        assert await over_resp2.text(terms, 5, filters, name) == expected
+        for client in (index, over_resp2):
+            found = await searched(services, version, terms, None, 5, filters, client)
+            assert found == (version, expected, [])
 
 
 @pytest.mark.asyncio
@@ -273,18 +239,46 @@ async def test_both_sides_of_a_search_in_one_round_trip_answer_as_each_alone(
     services: Services, catalog: tuple[int, list[np.ndarray[Any, Any]]], filters: Filters
 ) -> None:
     version, vectors = catalog
-    index = services.vectors.index
-    name = index.name(version)
     for terms, vector in (
         (["ceramic", "mug"], vectors[0]),
         (["wool"], vectors[3]),
         ([], vectors[1]),
     ):
-        both = await index.text_and_knn(terms, vector, 5, filters, name)
-        alone = (
-            await index.text(terms, 5, filters, name),
-            await index.knn(vector, 5, filters, name),
-        )
-        assert both == alone
+        both = await searched(services, version, terms, vector, 5, filters)
+        lexical = await searched(services, version, terms, None, 5, filters)
+        nearest = await searched(services, version, [], vector, 5, filters)
+        assert both == (version, lexical.lexical, nearest.nearest)
         if filters is not FILTERS[-1]:  # all but the one that matches nothing find something
-            assert both[1]
+            assert both.nearest
+
+
+@pytest.mark.asyncio
+async def test_a_search_embedded_with_a_version_no_longer_live_answers_the_live_one_only(
+    services: Services, catalog: tuple[int, list[np.ndarray[Any, Any]]]
+) -> None:
+    version, vectors = catalog
+    assert await searched(services, version - 1, ["mug"], vectors[0], 5, Filters()) == (
+        version, [], [],
+    )  # fmt: skip
+    await services.vectors.store.client.hdel(services.vectors.store.state_key, "live")
+    assert await searched(services, version, ["mug"], vectors[0], 5, Filters()) == (None, [], [])
+
+
+@pytest.mark.asyncio
+async def test_the_service_searches_the_new_version_after_a_swap(
+    services: Services, catalog: tuple[int, list[np.ndarray[Any, Any]]]
+) -> None:
+    version, _ = catalog
+    first, _, found = await services.vectors.search(
+        "ceramic mug", ["ceramic", "mug"], True, 5, Filters()
+    )
+    assert first == version
+    assert found.lexical
+    assert found.nearest
+    await services.vectors.refit(reason="test")  # the old index is dropped
+    second, model, again = await services.vectors.search(
+        "ceramic mug", ["ceramic", "mug"], True, 5, Filters()
+    )
+    assert second == version + 1 == (await services.vectors.live_model())[0]
+    assert [hit.product.id for hit in again.nearest] == [hit.product.id for hit in found.nearest]
+    assert model.knows_word("ceramic")

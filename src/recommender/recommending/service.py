@@ -175,15 +175,9 @@ class RecommendService:
         terms = text_terms(query)
         if not terms:
             raise InvalidInputError("q: needs at least one letter or digit")
-        version, model = await self.vectors.live_model()
         depth = k * self.search_settings.candidates_per_result
-        vector = None if mode == "bm25" else self.vectors.query_vector(version, model, query)
-        lexical, semantic = await self.vectors.lexical_and_nearest(
-            version,
-            [] if mode == "vector" else terms,
-            vector if vector is not None and np.any(vector) else None,  # no known term: none near
-            depth,
-            filters,
+        version, model, (_, lexical, semantic) = await self.vectors.search(
+            query, [] if mode == "vector" else terms, mode != "bm25", depth, filters
         )
         # A term the index does not know but has a close neighbour of looks misspelled; one the
         # model learnt from the catalog is no misspelling, so most queries skip the round trips.

@@ -7,21 +7,21 @@
     {ns}vectors:changes          stream of the latest of those: epoch, product, old, new vector
                                  (or epoch, swap); processes drop the cached lists they reach
 
-Queries carry the product's public JSON (`doc`) back, so a result needs no second lookup.
-KNN queries are sent and their replies read here, not through redis-py's `ft().search`: its
-generic `Result`/`Document` building about doubled the client's CPU for a KNN 300.
+Search queries carry the product's public JSON (`doc`) back, so a result needs no second lookup.
+KNN and search queries run in Lua scripts that answer a few strings, not through redis-py's
+`ft().search`: its generic `Result`/`Document` building about doubled the client's CPU for a KNN
+300, and even hiredis's map per hit of a raw reply cost more than the rest of a search.
 """
 
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
 import redis.asyncio as aioredis
-from redis.client import NEVER_DECODE
 from redis.commands.search.field import NumericField, TagField, TextField, VectorField
 from redis.commands.search.index_definition import IndexDefinition, IndexType
 from redis.commands.search.query import Query
@@ -122,8 +122,40 @@ end
 return table.concat(lines, '\\n')
 """
 
+# A search's BM25 and KNN queries, if the model version the caller embedded the query with is
+# still live (checked in the same atomic step, so its index cannot be dropped in between).
+# KEYS[1]: the model state. ARGV: that version; how many of the arguments after it are the BM25
+# query's (0: none); then the KNN query's (none: no KNN), both returning `doc` and the KNN
+# `distance`. Answers {live version} when it is another, else {live, and for each side its
+# scores as "s1 s2 ..." and its docs as one JSON array}: one string per side costs the client
+# far less than a map per hit of a RESP3 reply.
+_SEARCH = """
+local live = redis.call('HGET', KEYS[1], 'live') or ''
+if live ~= ARGV[1] then return {live} end
+local function side(first, last, step)
+  if first > last then return {'', '[]'} end
+  local reply = redis.call('FT.SEARCH', unpack(ARGV, first, last))
+  local scores, docs = {}, {}
+  for i = 2, #reply, step do
+    local fields = reply[i + step - 1]
+    local score = step == 3 and reply[i + 1] or nil
+    for j = 1, #fields, 2 do
+      if fields[j] == 'doc' then docs[#docs + 1] = fields[j + 1]
+      elseif fields[j] == 'distance' then score = fields[j + 1] end
+    end
+    scores[#scores + 1] = score
+  end
+  return {table.concat(scores, ' '), '[' .. table.concat(docs, ',') .. ']'}
+end
+local text_end = 2 + tonumber(ARGV[2])
+local text = side(3, text_end, 3)
+local knn = side(text_end + 1, #ARGV, 2)
+return {live, text[1], text[2], knn[1], knn[2]}
+"""
+
 _doc_encoder = msgspec.json.Encoder()
 _doc_decoder = msgspec.json.Decoder(Product)
+_docs_decoder = msgspec.json.Decoder(list[Product])
 
 
 def _blob(vector: np.ndarray[Any, Any]) -> bytes:
@@ -199,6 +231,15 @@ class Hit:
     score: float
 
 
+class SearchSides(NamedTuple):
+    """A search's BM25 hits and nearest products, found in the `live` version's index; both
+    empty when `live` (None: no model yet) is not the version the query was embedded with."""
+
+    live: int | None
+    lexical: list[Hit]
+    nearest: list[Hit]
+
+
 class Neighbour(NamedTuple):
     product_id: str
     score: float
@@ -225,51 +266,6 @@ def vector_change(fields: Mapping[bytes, bytes]) -> VectorChange | None:
     )
 
 
-def search_hits(reply: Any) -> Iterator[tuple[bytes, Mapping[bytes, bytes]]]:
-    """Each hit of a raw, undecoded FT.SEARCH reply in order: its document key and its fields.
-
-    RESP3 (redis-py's default): `{b"results": [{b"id": key, b"extra_attributes": {field: value},
-    ...}, ...], ...}`; RESP2: `[total, key, [field, value, ...], key, [...], ...]`.
-    """
-    if isinstance(reply, dict):
-        for hit in reply[b"results"]:
-            yield hit[b"id"], hit[b"extra_attributes"]
-    else:
-        for position in range(1, len(reply), 2):
-            yield reply[position], _pairs(reply[position + 1])
-
-
-def scored_search_hits(reply: Any) -> Iterator[tuple[bytes, float, Mapping[bytes, bytes]]]:
-    """`search_hits` of a WITHSCORES reply: each hit's document key, score and fields.
-
-    RESP3: each result also has `b"score"`; RESP2: `[total, key, score, [fields], ...]`.
-    """
-    if isinstance(reply, dict):
-        for hit in reply[b"results"]:
-            yield hit[b"id"], float(hit[b"score"]), hit[b"extra_attributes"]
-    else:
-        for position in range(1, len(reply), 3):
-            yield reply[position], float(reply[position + 1]), _pairs(reply[position + 2])
-
-
-def _knn_hits(reply: Any) -> list[Hit]:
-    """The products of a raw KNN reply (fields doc and distance), a NaN distance left out."""
-    hits = [(fields[b"doc"], float(fields[b"distance"])) for _, fields in search_hits(reply)]
-    return [Hit(_doc_decoder.decode(doc), 1.0 - d) for doc, d in hits if not math.isnan(d)]
-
-
-def _text_hits(reply: Any) -> list[Hit]:
-    """The products of a raw BM25 reply (WITHSCORES, field doc) with their scores."""
-    return [
-        Hit(_doc_decoder.decode(fields[b"doc"]), score)
-        for _, score, fields in scored_search_hits(reply)
-    ]
-
-
-def _pairs(fields: list[bytes]) -> dict[bytes, bytes]:
-    return dict(zip(fields[::2], fields[1::2], strict=True))
-
-
 class VectorIndex:
     def __init__(self, client: "aioredis.Redis", keys: Keyspace, settings: VectorSettings) -> None:
         self.client = client
@@ -284,6 +280,7 @@ class VectorIndex:
         self._swapped = client.register_script(_SWAPPED)
         self._read_vectors = client.register_script(_READ_VECTORS)
         self._knn_ids = client.register_script(_KNN_IDS)
+        self._search = client.register_script(_SEARCH)
 
     def name(self, version: int) -> str:
         return self.keys.key("idx", "products", f"v{version}")
@@ -444,15 +441,6 @@ class VectorIndex:
 
     # -- queries ----------------------------------------------------------------------------------
 
-    async def knn(
-        self, vector: np.ndarray[Any, Any], k: int, filters: Filters, index: str | None = None
-    ) -> list[Hit]:
-        """The k nearest products by cosine that pass the filters, best first."""
-        reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
-            "FT.SEARCH", *self._knn_args(vector, k, filters, index, "doc"), **{NEVER_DECODE: True}
-        )
-        return _knn_hits(reply)
-
     async def knn_ids(
         self, vector: np.ndarray[Any, Any], k: int, filters: Filters, index: str | None = None
     ) -> list[Neighbour]:
@@ -470,36 +458,40 @@ class VectorIndex:
             if not math.isnan(d := float(distance))
         ]
 
-    async def text(
-        self, terms: Sequence[str], k: int, filters: Filters, index: str | None = None
-    ) -> list[Hit]:
-        """BM25 over name, description, category and brand; any of the terms may match."""
-        if not terms:
-            return []
-        reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
-            "FT.SEARCH", *self._text_args(terms, k, filters, index), **{NEVER_DECODE: True}
-        )
-        return _text_hits(reply)
-
-    async def text_and_knn(
+    async def search(
         self,
+        version: int,
         terms: Sequence[str],
-        vector: np.ndarray[Any, Any],
+        vector: np.ndarray[Any, Any] | None,
         k: int,
         filters: Filters,
-        index: str | None = None,
-    ) -> tuple[list[Hit], list[Hit]]:
-        """`text` and `knn` in one round trip (a search's two sides: 0.05-0.15 ms less CPU)."""
-        if not terms:
-            return [], await self.knn(vector, k, filters, index)
-        raw = {NEVER_DECODE: True}
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.execute_command("FT.SEARCH", *self._text_args(terms, k, filters, index), **raw)
-            pipe.execute_command(
-                "FT.SEARCH", *self._knn_args(vector, k, filters, index, "doc"), **raw
+        *,
+        state_key: str,
+    ) -> SearchSides:
+        """BM25 hits for the terms and the vector's k nearest (none for no terms, no vector)
+        in the index of `version`, if it is still the live one (the model state in `state_key`)."""
+        name = self.name(version)
+        text = self._text_args(terms, k, filters, name) if terms else ()
+        knn = self._knn_args(vector, k, filters, name, "doc") if vector is not None else ()
+        reply = await self._search(keys=[state_key], args=[version, len(text), *text, *knn])
+        live = int(reply[0]) if reply[0] else None
+        if live != version:
+            return SearchSides(live, [], [])
+        text_scores, text_docs, knn_distances, knn_docs = reply[1:]
+        lexical = [
+            Hit(product, float(score))
+            for product, score in zip(
+                _docs_decoder.decode(text_docs), text_scores.split(), strict=True
             )
-            text, knn = await pipe.execute()
-        return _text_hits(text), _knn_hits(knn)
+        ]
+        nearest = [
+            Hit(product, 1.0 - d)
+            for product, distance in zip(
+                _docs_decoder.decode(knn_docs), knn_distances.split(), strict=True
+            )
+            if not math.isnan(d := float(distance))
+        ]
+        return SearchSides(live, lexical, nearest)
 
     def _knn_args(
         self,
@@ -530,7 +522,6 @@ class VectorIndex:
         self, terms: Sequence[str], k: int, filters: Filters, index: str | None
     ) -> tuple[Any, ...]:
         """FT.SEARCH's arguments for BM25 over the text fields, with each hit's `doc`."""
-        # Sent and read raw, as the KNN queries are: redis-py's `Result` cost more than the rest.
         words = " | ".join(terms)
         where = filters.clause()
         text = f"@name|description|category_text|brand_text:({words})"

@@ -26,7 +26,13 @@ from recommender.platform.cache import RecentCache
 from recommender.platform.changelog import ChangeFollower
 from recommender.platform.errors import AppError, StoreUnavailableError
 from recommender.platform.processes import run_in_process
-from recommender.vectors.index import Filters, Hit, Neighbour, VectorIndex, vector_change
+from recommender.vectors.index import (
+    Filters,
+    Neighbour,
+    SearchSides,
+    VectorIndex,
+    vector_change,
+)
 from recommender.vectors.model import EmbeddingModel, ModelInfo, ProductText, fit_model_bytes
 from recommender.vectors.neighbours import NeighbourCache, NeighbourList
 from recommender.vectors.repository import ModelState, ModelStore
@@ -105,6 +111,7 @@ class VectorService:
             period=settings.neighbour_epoch_check_seconds,
             apply=self._apply_vector_changes, clear=self._neighbour_cache.clear,
         )  # fmt: skip
+        self._searched_version: int | None = None
         self._query_vectors: RecentCache[tuple[int, str], np.ndarray[Any, Any]] = RecentCache(
             _QUERY_VECTORS
         )
@@ -458,19 +465,33 @@ class VectorService:
     ) -> list[Neighbour]:
         return await self.index.knn_ids(vector, k, filters, self.index.name(version))
 
-    async def lexical_and_nearest(
-        self,
-        version: int,
-        terms: Sequence[str],
-        vector: np.ndarray[Any, Any] | None,
-        k: int,
-        filters: Filters,
-    ) -> tuple[list[Hit], list[Hit]]:
-        """BM25 hits for the terms and the vector's nearest (none for no terms or no vector)."""
-        name = self.index.name(version)
-        if vector is None:
-            return await self.index.text(terms, k, filters, name), []
-        return await self.index.text_and_knn(terms, vector, k, filters, name)
+    async def search(
+        self, query: str, terms: Sequence[str], semantic: bool, k: int, filters: Filters
+    ) -> tuple[int, EmbeddingModel, SearchSides]:
+        """BM25 hits for the terms (none: no BM25) and, if `semantic`, the query's nearest, in
+        the live index; with the live version and its model."""
+        # The version last seen live is tried first: the script checks it, so a search needs no
+        # round trip of its own to learn it, and after a swap it learns the new one and retries.
+        version = self._searched_version
+        if version is None:
+            version, _ = await self.live_model()
+        while True:
+            model = await self.model(version)
+            vector = self.query_vector(version, model, query) if semantic else None
+            found = await self.index.search(
+                version,
+                terms,
+                vector if vector is not None and np.any(vector) else None,  # no known term
+                k,
+                filters,
+                state_key=self.store.state_key,
+            )
+            if found.live is None:
+                raise ModelNotReadyError("no embedding model yet: add products first")
+            if found.live == version:
+                self._searched_version = version
+                return version, model, found
+            version = found.live
 
     async def spellcheck(self, version: int, terms: Sequence[str]) -> dict[str, str]:
         return await self.index.spellcheck(terms, self.index.name(version))
