@@ -147,20 +147,41 @@ async def test_erasing_a_user(
 
 
 @pytest.mark.asyncio
+async def test_what_nothing_kept_is_computed_from_comes_with_the_lease(
+    client: AsyncTestClient, services: Services
+) -> None:
+    await post(client, [
+        {"type": "view", "user_id": "u1", "product_id": "a", "timestamp": at(0)},
+        {"type": "purchase", "user_id": "u1", "product_id": "b", "order_id": "o1",
+         "timestamp": at(1)},
+        {"type": "purchase", "user_id": "u1", "product_id": "c", "order_id": "o2",
+         "timestamp": at(2)},
+        {"type": "view", "user_id": "u2", "product_id": "d", "timestamp": at(0)},
+    ])  # fmt: skip
+    tracking, shopper = services.tracking, Shopper("user", "u1")
+    found = await tracking.derived(shopper, "list", 60)
+    assert found.value is None
+    assert found.behaviour == await tracking.behaviour(shopper)
+    assert [entry.product_id for entry in found.behaviour.history] == ["c", "b", "a"]
+    assert sorted(product for product, _ in found.behaviour.purchases) == ["b", "c"]
+
+
+@pytest.mark.asyncio
 async def test_a_value_derived_from_a_shopper_lasts_until_their_next_event(
     client: AsyncTestClient, services: Services, redis: "aioredis.Redis"
 ) -> None:
     tracking, shopper = services.tracking, Shopper("user", "u1")
     first = await tracking.derived(shopper, "list", 60)
     assert first.value is None
+    assert first.behaviour == ([], [])
     assert await tracking.keep_derived(shopper, "list", first.lease, b"computed")
-    assert (await tracking.derived(shopper, "list", 60)).value == b"computed"
+    assert await tracking.derived(shopper, "list", 60) == (b"computed", "", None)
     assert 0 < await redis.ttl(tracking.repository.derived_key("user", "u1")) <= 60
     # A value computed from the history before an event is not kept after it.
     pending = await tracking.derived(shopper, "other", 60)
     assert pending.lease == first.lease
     await post(client, {"type": "view", "user_id": "u1", "product_id": "a"})
-    assert await tracking.derived(shopper, "list", 60) != (b"computed", first.lease)
+    assert (await tracking.derived(shopper, "list", 60)).value is None
     assert not await tracking.keep_derived(shopper, "other", pending.lease, b"stale")
     assert (await tracking.derived(shopper, "other", 60)).value is None
     # Other shoppers' events leave it alone; merging and erasing drop it.

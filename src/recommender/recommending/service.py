@@ -24,7 +24,7 @@ from recommender.recommending.schemas import (
     RecommendedProduct,
     SearchResult,
 )
-from recommender.tracking import HistoryEntry, Shopper, TrackingService
+from recommender.tracking import Behaviour, HistoryEntry, Shopper, TrackingService
 from recommender.vectors import BlendNeighbours, Filters, VectorService, text_terms
 
 SearchMode = Literal["hybrid", "bm25", "vector"]
@@ -241,8 +241,12 @@ class RecommendService:
             found, exhausted = await self._pick(cached.items, k, filters)
             if cached.complete or not exhausted:
                 return found
+        behaviour = (
+            kept.behaviour if kept is not None and kept.behaviour is not None
+            else await self.tracking.behaviour(shopper)
+        )  # fmt: skip
         candidates, near, anchors = await self._for_you_candidates(
-            shopper, k, filters.category, exclude_purchased
+            behaviour, k, filters.category, exclude_purchased
         )
         if kept is not None:
             # The head is kept with its anchors named: a later request has no vectors to do it.
@@ -264,14 +268,11 @@ class RecommendService:
         return found
 
     async def _for_you_candidates(
-        self, shopper: Shopper, k: int, category: str, exclude_purchased: bool
+        self, behaviour: Behaviour, k: int, category: str, exclude_purchased: bool
     ) -> tuple[list["Candidate"], BlendNeighbours | None, list["_Anchor"]]:
         """Every candidate, best first; the content side and the anchors, to name reasons."""
-        history, purchases = await asyncio.gather(
-            self.tracking.history(shopper), self.tracking.purchased(shopper)
-        )
-        purchased = dict(purchases)
-        anchors = self._anchors(history)
+        purchased = dict(behaviour.purchases)
+        anchors = self._anchors(behaviour.history)
         blend = _Blend()
         near, category = await asyncio.gather(
             self._add_neighbours(blend, anchors),

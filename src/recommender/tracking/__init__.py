@@ -4,9 +4,10 @@ from recommender.tracking.consumer import aggregator
 from recommender.tracking.repository import TrackingRepository
 from recommender.tracking.routes import EventController
 from recommender.tracking.schemas import Event, HistoryEntry, Shopper
-from recommender.tracking.service import TrackingService
+from recommender.tracking.service import Behaviour, TrackingService
 
 __all__ = [
+    "Behaviour",
     "Event",
     "EventController",
     "HistoryEntry",

@@ -72,9 +72,11 @@ return redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
 # Popularity may be this stale: it counts days, a few seconds do not change it.
 POPULAR_CACHE_SECONDS = 5
 
-# A value computed from a shopper's behaviour, else the lease a new one must be kept under: the
+# A value computed from a shopper's behaviour, else the lease a new one must be kept under and
+# that behaviour (history, purchases), to compute it from without another round trip: the
 # shopper's next event drops the hash, lease and all, so a value computed from what came before
 # cannot be kept after it. The hash expires `ttl` after its lease, values and all.
+# KEYS: derived, history, bought. ARGV: name, lease, ttl, history limit, purchases limit.
 _DERIVED = """
 local value = redis.call('HGET', KEYS[1], ARGV[1])
 if value then return {1, value} end
@@ -84,7 +86,11 @@ if not lease then
   redis.call('HSET', KEYS[1], '', lease)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
-return {0, lease}
+return {
+  0, lease,
+  redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[4]) - 1),
+  redis.call('ZREVRANGE', KEYS[3], 0, tonumber(ARGV[5]) - 1, 'WITHSCORES'),
+}
 """
 _KEEP_DERIVED = """
 if redis.call('HGET', KEYS[1], '') ~= ARGV[2] then return 0 end
@@ -289,14 +295,27 @@ class TrackingRepository:
         return await self._ranked(self.bought_key(kind, shopper), limit)
 
     async def derived(
-        self, kind: str, shopper: str, name: str, lease: str, ttl: float
-    ) -> tuple[bytes | None, str]:
-        """The value kept under `name`, or None and the lease to keep one under (this one if
-        there was none)."""
+        self, kind: str, shopper: str, name: str, lease: str, *, ttl: float, limits: tuple[int, int]
+    ) -> tuple[bytes | None, str, list[bytes], list[tuple[str, float]]]:
+        """The value kept under `name`; or None, the lease to keep one under (this one if there
+        was none), and the shopper's history and purchases, at most `limits` of each."""
         found: Any = await self._derived(
-            keys=[self.derived_key(kind, shopper)], args=[name, lease, math.ceil(ttl)]
+            keys=[
+                self.derived_key(kind, shopper),
+                self.history_key(kind, shopper),
+                self.bought_key(kind, shopper),
+            ],
+            args=[name, lease, math.ceil(ttl), *limits],
         )
-        return (found[1], "") if found[0] else (None, found[1].decode())
+        if found[0]:
+            return found[1], "", [], []
+        bought = found[3]
+        return (
+            None,
+            found[1].decode(),
+            found[2],
+            [(bought[i].decode(), float(bought[i + 1])) for i in range(0, len(bought), 2)],
+        )
 
     async def keep_derived(
         self, kind: str, shopper: str, name: str, lease: str, value: bytes

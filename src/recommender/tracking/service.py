@@ -5,6 +5,7 @@ one script per event; the tracking consumer calls `aggregate` with the stream's 
 are the events' own, so a replay of last year builds last year's aggregates.
 """
 
+import asyncio
 import math
 import time
 import uuid
@@ -39,6 +40,8 @@ _LN2 = math.log(2)
 # window of them (bought: across orders too, as an item-to-item matrix of shoppers would).
 _CO_WINDOWS = {"view": "view", "click": "view", "add_to_cart": "cart", "purchase": "purchase"}
 
+# Purchases read for "for you" (buy again, and leaving bought products out).
+_PURCHASES = 1000
 _history_encoder = msgspec.msgpack.Encoder()
 _history_decoder = msgspec.msgpack.Decoder(HistoryEntry)
 
@@ -70,9 +73,17 @@ def decayed_log_weight(weight: float, timestamp: float, half_life_seconds: float
     return math.log(weight) + (timestamp - _EPOCH) * _LN2 / half_life_seconds
 
 
+class Behaviour(NamedTuple):
+    """What a shopper's derived values are computed from."""
+
+    history: list[HistoryEntry]  # newest first
+    purchases: list[tuple[str, float]]  # as `TrackingService.purchased`
+
+
 class Derived(NamedTuple):
     value: bytes | None  # None: not kept (yet, or since the shopper's last event)
     lease: str
+    behaviour: Behaviour | None  # when nothing is kept: read with the lease, to compute it from
 
 
 class TrackingService:
@@ -224,7 +235,7 @@ class TrackingService:
 
     # Every ranked read returns (product id, share of the top score), best first.
 
-    async def purchased(self, shopper: Shopper, limit: int = 1000) -> list[tuple[str, float]]:
+    async def purchased(self, shopper: Shopper, limit: int = _PURCHASES) -> list[tuple[str, float]]:
         """The shopper's purchases, most frequent and recent first."""
         return _from_logs(await self.repository.bought(shopper.kind, shopper.id, limit))
 
@@ -252,11 +263,20 @@ class TrackingService:
 
     async def derived(self, shopper: Shopper, name: str, ttl: float) -> "Derived":
         """What was computed from the shopper's behaviour and kept under `name` since their last
-        event (at most `ttl` seconds ago), or the lease to keep it under (`keep_derived`)."""
-        value, lease = await self.repository.derived(
-            shopper.kind, shopper.id, name, uuid.uuid4().hex, ttl
-        )
-        return Derived(value, lease)
+        event (at most `ttl` seconds ago); else the lease to keep it under (`keep_derived`) and
+        that behaviour."""
+        value, lease, history, bought = await self.repository.derived(
+            shopper.kind, shopper.id, name, uuid.uuid4().hex,
+            ttl=ttl, limits=(self.settings.history_length, _PURCHASES),
+        )  # fmt: skip
+        if value is not None:
+            return Derived(value, lease, None)
+        behaviour = Behaviour([_history_decoder.decode(e) for e in history], _from_logs(bought))
+        return Derived(None, lease, behaviour)
+
+    async def behaviour(self, shopper: Shopper) -> Behaviour:
+        history, purchases = await asyncio.gather(self.history(shopper), self.purchased(shopper))
+        return Behaviour(history, purchases)
 
     async def keep_derived(self, shopper: Shopper, name: str, lease: str, value: bytes) -> bool:
         """Keep a value computed from the shopper's behaviour, read after `lease` was taken;
