@@ -78,13 +78,14 @@ def key_accepted(key: str, accepted_hashes: tuple[str, ...]) -> bool:
 async def require_api_key(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
-    """Litestar guard: the route's access level decides whether a key is needed.
+    """Litestar guard, installed when keys are configured: the route's access level decides
+    whether a key is needed.
 
     A coroutine although it never awaits: Litestar runs a plain function guard in a thread.
     """
     settings: SecuritySettings = connection.app.state.settings.security
     access = handler.opt.get("access", READ)
-    if access == PUBLIC or not settings.api_key_hashes:
+    if access == PUBLIC:
         return
     if access == READ and not settings.require_key_for_reads:
         return
