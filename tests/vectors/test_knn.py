@@ -17,7 +17,7 @@ from recommender.config import Settings
 from recommender.platform.redis import Keyspace
 from recommender.services import Services
 from recommender.vectors import Filters, Hit, Neighbour, VectorIndex
-from recommender.vectors.index import SearchSides
+from recommender.vectors.index import NotLiveError, SearchSides
 
 NAMES = [
     "White ceramic coffee mug", "Blue ceramic coffee mug", "Brass desk lamp", "Brass floor lamp",
@@ -179,7 +179,7 @@ async def test_nan_distances_are_left_out_and_the_order_kept(
     assert [score for _, score in expected] == sorted((s for _, s in expected), reverse=True)
     # A zero query vector is NaN to everything: nothing is answered.
     assert await index.knn_ids(zero, 20, Filters(), name) == []
-    assert await searched(services, version, [], zero, 20, Filters()) == (version, [], [])
+    assert await searched(services, version, [], zero, 20, Filters()) == ([], [])
 
 
 @pytest.mark.asyncio
@@ -230,7 +230,7 @@ async def test_bm25_answers_what_redis_py_parsing_gives_over_both_protocols(
         ]
         for client in (index, over_resp2):
             found = await searched(services, version, terms, None, 5, filters, client)
-            assert found == (version, expected, [])
+            assert found == (expected, [])
 
 
 @pytest.mark.asyncio
@@ -247,38 +247,56 @@ async def test_both_sides_of_a_search_in_one_round_trip_answer_as_each_alone(
         both = await searched(services, version, terms, vector, 5, filters)
         lexical = await searched(services, version, terms, None, 5, filters)
         nearest = await searched(services, version, [], vector, 5, filters)
-        assert both == (version, lexical.lexical, nearest.nearest)
+        assert both == (lexical.lexical, nearest.nearest)
         if filters is not FILTERS[-1]:  # all but the one that matches nothing find something
             assert both.nearest
 
 
 @pytest.mark.asyncio
-async def test_a_search_embedded_with_a_version_no_longer_live_answers_the_live_one_only(
+async def test_reads_of_a_version_no_longer_live_answer_the_live_one_only(
     services: Services, catalog: tuple[int, list[np.ndarray[Any, Any]]]
 ) -> None:
     version, vectors = catalog
-    assert await searched(services, version - 1, ["mug"], vectors[0], 5, Filters()) == (
-        version, [], [],
-    )  # fmt: skip
-    await services.vectors.store.client.hdel(services.vectors.store.state_key, "live")
-    assert await searched(services, version, ["mug"], vectors[0], 5, Filters()) == (None, [], [])
+    index, state_key = services.vectors.index, services.vectors.store.state_key
+    with pytest.raises(NotLiveError) as stale:
+        await searched(services, version - 1, ["mug"], vectors[0], 5, Filters())
+    assert stale.value.live == version
+    with pytest.raises(NotLiveError) as stale:
+        await index.vectors(version - 1, ["p0"], state_key=state_key)
+    assert stale.value.live == version
+    matrix, indexed = await index.vectors(version, ["p0", "nothing"], state_key=state_key)
+    assert np.array_equal(matrix[0], vectors[0])
+    assert indexed == [True, False]
+    await services.vectors.store.client.hdel(state_key, "live")
+    with pytest.raises(NotLiveError) as none:
+        await index.vectors(version, ["p0"], state_key=state_key)
+    assert none.value.live is None
 
 
 @pytest.mark.asyncio
-async def test_the_service_searches_the_new_version_after_a_swap(
+async def test_the_service_reads_the_new_version_after_a_swap(
     services: Services, catalog: tuple[int, list[np.ndarray[Any, Any]]]
 ) -> None:
     version, _ = catalog
-    first, _, found = await services.vectors.search(
-        "ceramic mug", ["ceramic", "mug"], True, 5, Filters()
-    )
+    vectors = services.vectors
+    first, _, found = await vectors.search("ceramic mug", ["ceramic", "mug"], True, 5, Filters())
     assert first == version
     assert found.lexical
     assert found.nearest
-    await services.vectors.refit(reason="test")  # the old index is dropped
-    second, model, again = await services.vectors.search(
-        "ceramic mug", ["ceramic", "mug"], True, 5, Filters()
-    )
-    assert second == version + 1 == (await services.vectors.live_model())[0]
+    blend = await vectors.near_blend([("p0", 1.0)], 3)
+    assert blend.version == version
+    # Each refit drops the index and documents of the version this process last saw live.
+    await vectors.refit(reason="test")
+    blended = await vectors.near_blend([("p0", 1.0)], 3)
+    assert blended.version == version + 1
+    assert [hit[0] for hit in blended.hits] == [hit[0] for hit in blend.hits]
+    await vectors.refit(reason="test")
+    live, vector = await vectors.stored_vector("p0")
+    assert live == version + 2
+    assert vector is not None
+    assert np.any(vector)
+    await vectors.refit(reason="test")
+    last, model, again = await vectors.search("ceramic mug", ["ceramic", "mug"], True, 5, Filters())
+    assert last == version + 3 == (await vectors.live_model())[0]
     assert [hit.product.id for hit in again.nearest] == [hit.product.id for hit in found.nearest]
     assert model.knows_word("ceramic")

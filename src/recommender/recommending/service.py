@@ -176,7 +176,7 @@ class RecommendService:
         if not terms:
             raise InvalidInputError("q: needs at least one letter or digit")
         depth = k * self.search_settings.candidates_per_result
-        version, model, (_, lexical, semantic) = await self.vectors.search(
+        version, model, (lexical, semantic) = await self.vectors.search(
             query, [] if mode == "vector" else terms, mode != "bm25", depth, filters
         )
         # A term the index does not know but has a close neighbour of looks misspelled; one the

@@ -97,13 +97,26 @@ log_change(KEYS[1], KEYS[2], 'swap', '1')
 # pipeline overran it 60k products into a 100k back-fill, and the refit failed.
 _WRITES_PER_ROUND_TRIP = 100
 
-# Many vector documents' embedding and version in one command: a pipeline of HMGETs costs the
-# client far more per document ("for you" reads a hundred).
-_READ_VECTORS = """
+# The start of a script that reads one model version's documents (ARGV[1]): unless KEYS[1], the
+# model state, is '', it reads nothing and answers the live version (a string) when that is another.
+# Checked in the same atomic step as the reads, so a version still live cannot be dropped between.
+_IF_LIVE = """
+if KEYS[1] ~= '' then
+  local live = redis.call('HGET', KEYS[1], 'live') or ''
+  if live ~= ARGV[1] then return live end
+end
+"""
+
+# Many vector documents' (KEYS[2:]) embedding and version in one command: a pipeline of HMGETs
+# costs the client far more per document ("for you" reads a hundred).
+_READ_VECTORS = (
+    _IF_LIVE
+    + """
 local found = {}
-for i, key in ipairs(KEYS) do found[i] = redis.call('HMGET', key, 'embedding', 'version') end
+for i = 2, #KEYS do found[i - 1] = redis.call('HMGET', KEYS[i], 'embedding', 'version') end
 return found
 """
+)
 
 # A KNN query's ids and distances as one string, a line per hit: "{id} {distance}". Redis-py
 # builds a map per hit of the RESP3 reply (hiredis: 0.7-1.0 ms of client CPU for 300 hits);
@@ -122,16 +135,14 @@ end
 return table.concat(lines, '\\n')
 """
 
-# A search's BM25 and KNN queries, if the model version the caller embedded the query with is
-# still live (checked in the same atomic step, so its index cannot be dropped in between).
-# KEYS[1]: the model state. ARGV: that version; how many of the arguments after it are the BM25
-# query's (0: none); then the KNN query's (none: no KNN), both returning `doc` and the KNN
-# `distance`. Answers {live version} when it is another, else {live, and for each side its
-# scores as "s1 s2 ..." and its docs as one JSON array}: one string per side costs the client
+# A search's BM25 and KNN queries in the index of ARGV[1], if that version is live (_IF_LIVE).
+# ARGV: then how many of the arguments after it are the BM25 query's (0: none), then the KNN
+# query's (none: no KNN), both returning `doc` and the KNN `distance`. Answers, for each side,
+# its scores as "s1 s2 ..." and its docs as one JSON array: one string per side costs the client
 # far less than a map per hit of a RESP3 reply.
-_SEARCH = """
-local live = redis.call('HGET', KEYS[1], 'live') or ''
-if live ~= ARGV[1] then return {live} end
+_SEARCH = (
+    _IF_LIVE
+    + """
 local function side(first, last, step)
   if first > last then return {'', '[]'} end
   local reply = redis.call('FT.SEARCH', unpack(ARGV, first, last))
@@ -150,8 +161,9 @@ end
 local text_end = 2 + tonumber(ARGV[2])
 local text = side(3, text_end, 3)
 local knn = side(text_end + 1, #ARGV, 2)
-return {live, text[1], text[2], knn[1], knn[2]}
+return {text[1], text[2], knn[1], knn[2]}
 """
+)
 
 _doc_encoder = msgspec.json.Encoder()
 _doc_decoder = msgspec.json.Decoder(Product)
@@ -232,12 +244,25 @@ class Hit:
 
 
 class SearchSides(NamedTuple):
-    """A search's BM25 hits and nearest products, found in the `live` version's index; both
-    empty when `live` (None: no model yet) is not the version the query was embedded with."""
+    """A search's BM25 hits and nearest products."""
 
-    live: int | None
     lexical: list[Hit]
     nearest: list[Hit]
+
+
+class NotLiveError(Exception):
+    """A read of one model version's documents found another version live (None: none)."""
+
+    def __init__(self, live: int | None) -> None:
+        super().__init__(f"the live model version is {live}")
+        self.live = live
+
+
+def _checked(reply: Any) -> Any:
+    """A script's reply, unless its `_IF_LIVE` check answered another live version."""
+    if isinstance(reply, bytes):
+        raise NotLiveError(int(reply) if reply else None)
+    return reply
 
 
 class Neighbour(NamedTuple):
@@ -374,22 +399,26 @@ class VectorIndex:
             results += [int(reply) for reply in replies]
         return results
 
-    async def vector(self, version: int, product_id: str) -> np.ndarray[Any, Any] | None:
+    async def vector(
+        self, version: int, product_id: str, *, state_key: str = ""
+    ) -> np.ndarray[Any, Any] | None:
         """The product's vector; zeros if it embeds as nothing; None if not indexed (yet)."""
-        matrix, indexed = await self.vectors(version, [product_id])
+        matrix, indexed = await self.vectors(version, [product_id], state_key=state_key)
         return matrix[0] if indexed[0] else None
 
     async def vectors(
-        self, version: int, ids: Sequence[str]
+        self, version: int, ids: Sequence[str], *, state_key: str = ""
     ) -> tuple[np.ndarray[Any, np.dtype[np.float32]], list[bool]]:
         """The products' vectors as rows (zeros for one that embeds as nothing or is not
-        indexed yet), and whether each is indexed."""
+        indexed yet), and whether each is indexed. With the model state's key: only while
+        `version` is live (else NotLiveError)."""
         matrix = np.zeros((len(ids), DIMS), dtype=np.float32)
         if not ids:
             return matrix, []
         keys = [self.doc_key(version, product_id) for product_id in ids]
-        replies: list[Any] = await self._read_vectors(keys=keys)
-        # Decoded in one piece: an array per vector cost "for you" 0.6 ms for its 100 anchors.
+        replies: list[Any] = _checked(
+            await self._read_vectors(keys=[state_key, *keys], args=[version])
+        )
         rows = [row for row, (embedding, _) in enumerate(replies) if embedding is not None]
         if rows:
             joined = b"".join(replies[row][0] for row in rows)
@@ -469,15 +498,15 @@ class VectorIndex:
         state_key: str,
     ) -> SearchSides:
         """BM25 hits for the terms and the vector's k nearest (none for no terms, no vector)
-        in the index of `version`, if it is still the live one (the model state in `state_key`)."""
+        in the index of `version`, while it is live (the model state in `state_key`; else
+        NotLiveError)."""
         name = self.name(version)
         text = self._text_args(terms, k, filters, name) if terms else ()
         knn = self._knn_args(vector, k, filters, name, "doc") if vector is not None else ()
-        reply = await self._search(keys=[state_key], args=[version, len(text), *text, *knn])
-        live = int(reply[0]) if reply[0] else None
-        if live != version:
-            return SearchSides(live, [], [])
-        text_scores, text_docs, knn_distances, knn_docs = reply[1:]
+        reply = _checked(
+            await self._search(keys=[state_key], args=[version, len(text), *text, *knn])
+        )
+        text_scores, text_docs, knn_distances, knn_docs = reply
         lexical = [
             Hit(product, float(score))
             for product, score in zip(
@@ -491,7 +520,7 @@ class VectorIndex:
             )
             if not math.isnan(d := float(distance))
         ]
-        return SearchSides(live, lexical, nearest)
+        return SearchSides(lexical, nearest)
 
     def _knn_args(
         self,

@@ -11,9 +11,9 @@ worker thread.
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -29,6 +29,7 @@ from recommender.platform.processes import run_in_process
 from recommender.vectors.index import (
     Filters,
     Neighbour,
+    NotLiveError,
     SearchSides,
     VectorIndex,
     vector_change,
@@ -38,6 +39,7 @@ from recommender.vectors.neighbours import NeighbourCache, NeighbourList
 from recommender.vectors.repository import ModelState, ModelStore
 
 log = structlog.get_logger()
+_T = TypeVar("_T")
 
 # How long `stop` waits for a cancelled refit before cancelling it again.
 _STOP_RETRY_SECONDS = 0.5
@@ -111,7 +113,7 @@ class VectorService:
             period=settings.neighbour_epoch_check_seconds,
             apply=self._apply_vector_changes, clear=self._neighbour_cache.clear,
         )  # fmt: skip
-        self._searched_version: int | None = None
+        self._live_version: int | None = None  # the one last seen live, tried first
         self._query_vectors: RecentCache[tuple[int, str], np.ndarray[Any, Any]] = RecentCache(
             _QUERY_VECTORS
         )
@@ -141,6 +143,26 @@ class VectorService:
         if state.live is None:
             raise ModelNotReadyError("no embedding model yet: add products first")
         return state.live, await self.model(state.live)
+
+    async def _at_live(self, read: Callable[[int], Awaitable[_T]]) -> tuple[int, _T] | None:
+        """`read` of the live version's documents, and that version (None: no model yet).
+
+        The version last seen live is read first and the read's script checks it in the same
+        step, so no round trip of its own learns it; after a swap the read runs again at the
+        version the check found.
+        """
+        version = self._live_version
+        if version is None:
+            version = (await self.store.state()).live
+        while version is not None:
+            try:
+                found = await read(version)
+            except NotLiveError as error:
+                version = error.live
+                continue
+            self._live_version = version
+            return version, found
+        return None
 
     def query_vector(self, version: int, model: EmbeddingModel, query: str) -> np.ndarray[Any, Any]:
         """The query's vector under that model version, each query embedded once per process."""
@@ -363,10 +385,10 @@ class VectorService:
 
     async def stored_vector(self, product_id: str) -> tuple[int, np.ndarray[Any, Any] | None]:
         """The live version and the product's vector in it (None if not embedded yet)."""
-        state = await self.store.state()
-        if state.live is None:
-            return 0, None
-        return state.live, await self.index.vector(state.live, product_id)
+        found = await self._at_live(
+            lambda version: self.index.vector(version, product_id, state_key=self.store.state_key)
+        )
+        return (0, None) if found is None else found
 
     async def neighbours(self, product_id: str, k: int) -> list[Neighbour] | None:
         """The product's k nearest products by content, unfiltered; None if not embedded yet.
@@ -412,11 +434,13 @@ class VectorService:
         every given product's own neighbours would add up to, from one query instead of one
         per product (the vectors are unit length, so the sum is a dot product with the blend).
         """
-        state = await self.store.state()
-        if state.live is None or not weights:
+        ids = [product_id for product_id, _ in weights]
+        read = await self._at_live(
+            lambda version: self.index.vectors(version, ids, state_key=self.store.state_key)
+        ) if weights else None  # fmt: skip
+        if read is None:
             return BlendNeighbours([], 0, [], np.zeros((0, 0), dtype=np.float32))
-        version = state.live
-        matrix, _ = await self.index.vectors(version, [product_id for product_id, _ in weights])
+        version, (matrix, _) = read
         found = np.any(matrix, axis=1)  # not indexed yet, or no known term: nothing to blend
         if not found.any():
             return BlendNeighbours([], version, [], np.zeros((0, 0), dtype=np.float32))
@@ -470,15 +494,11 @@ class VectorService:
     ) -> tuple[int, EmbeddingModel, SearchSides]:
         """BM25 hits for the terms (none: no BM25) and, if `semantic`, the query's nearest, in
         the live index; with the live version and its model."""
-        # The version last seen live is tried first: the script checks it, so a search needs no
-        # round trip of its own to learn it, and after a swap it learns the new one and retries.
-        version = self._searched_version
-        if version is None:
-            version, _ = await self.live_model()
-        while True:
+
+        async def sides(version: int) -> tuple[EmbeddingModel, SearchSides]:
             model = await self.model(version)
             vector = self.query_vector(version, model, query) if semantic else None
-            found = await self.index.search(
+            return model, await self.index.search(
                 version,
                 terms,
                 vector if vector is not None and np.any(vector) else None,  # no known term
@@ -486,12 +506,12 @@ class VectorService:
                 filters,
                 state_key=self.store.state_key,
             )
-            if found.live is None:
-                raise ModelNotReadyError("no embedding model yet: add products first")
-            if found.live == version:
-                self._searched_version = version
-                return version, model, found
-            version = found.live
+
+        found = await self._at_live(sides)
+        if found is None:
+            raise ModelNotReadyError("no embedding model yet: add products first")
+        version, (model, searched) = found
+        return version, model, searched
 
     async def spellcheck(self, version: int, terms: Sequence[str]) -> dict[str, str]:
         return await self.index.spellcheck(terms, self.index.name(version))
