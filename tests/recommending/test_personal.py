@@ -223,6 +223,22 @@ async def test_bought_together_falls_back_to_similar(client: AsyncTestClient, dr
 
 
 @pytest.mark.asyncio
+async def test_bought_together_ranks_co_purchases_then_co_views_then_similar(
+    client: AsyncTestClient, drain: Drain
+) -> None:
+    await setup(client, drain)
+    browsing = [event("view", "browser", p, 40 + i) for i, p in enumerate(("tent", "kettle"))]
+    assert (await client.post("/api/v1/events", json=browsing)).status_code == 202
+    await drain()
+    together = await client.get("/api/v1/products/tent/bought-together", params={"k": 4})
+    reasons = [(item["id"], item["reason"]["strategy"]) for item in together.json()["items"]]
+    assert {product for product, _ in reasons[:2]} == {"bag", "mat"}
+    assert [strategy for _, strategy in reasons[:2]] == ["co_purchased", "co_purchased"]
+    assert reasons[2] == ("kettle", "co_viewed")
+    assert reasons[3][1] == "similar"
+
+
+@pytest.mark.asyncio
 async def test_popular_and_trending_by_category(client: AsyncTestClient, drain: Drain) -> None:
     await setup(client, drain)
     assert ids(await client.get("/api/v1/popular", params={"k": 1})) == ["mug"]

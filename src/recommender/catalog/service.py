@@ -70,8 +70,9 @@ class CatalogService:
         """The product's key: the vectors module's guarded write reads its version atomically."""
         return self.repository.product_key(product_id)
 
-    async def get(self, product_id: str) -> Product:
-        (product,) = await self.repository.get_many([product_id])
+    async def get(self, product_id: str, *, cached: bool = False) -> Product:
+        """The product; `cached`: from this process's cache (see `get_many`)."""
+        (product,) = await self.get_many([product_id], cached=cached)
         if product is None:
             raise NotFoundError(f"product '{product_id}' does not exist")
         return product

@@ -385,13 +385,14 @@ class RecommendService:
         self, product_id: str, k: int, filters: Filters
     ) -> RecommendationList:
         """Co-purchases; where there are too few, co-views; then similar products."""
-        await self.catalog.get(product_id)  # 404 for an unknown product
+        await self.catalog.get(product_id, cached=True)  # 404 for an unknown product
         blend = _Blend()
         n = max(k * 3, self.settings.neighbours_per_anchor)
-        for rank, (kind, strategy) in enumerate(
-            (("purchase", "co_purchased"), ("view", "co_viewed"))
-        ):
-            neighbours = await self.tracking.co_occurring(kind, product_id, n)
+        sources = (("purchase", "co_purchased"), ("view", "co_viewed"))
+        lists = await self.tracking.co_occurring_many(
+            [(kind, product_id) for kind, _ in sources], n
+        )
+        for rank, ((_, strategy), neighbours) in enumerate(zip(sources, lists, strict=True)):
             reason = Reason(strategy=strategy, anchor=product_id)  # type: ignore[arg-type]
             blend.add(neighbours, 10.0**-rank, reason)  # a fallback never outranks the source
         if len(blend.scores) < k:
