@@ -31,6 +31,7 @@ from recommender.config import (
 )
 from recommender.platform.embedded import EmbeddedRedis
 from recommender.platform.errors import StartupError
+from recommender.platform.http_protocol import WriteCombiningHttpToolsProtocol
 from recommender.platform.listening import WorkerSocket
 from recommender.platform.logging import configure_logging
 from recommender.platform.redis import create_client, require_search_module
@@ -311,6 +312,7 @@ def serve_command(args: argparse.Namespace) -> int:
             workers=workers,
             host=settings.server.host,
             port=settings.server.port,
+            http=WriteCombiningHttpToolsProtocol,
             proxy_headers=True,
             forwarded_allow_ips=settings.server.forwarded_allow_ips,
             timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds),
