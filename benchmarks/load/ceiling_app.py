@@ -14,6 +14,7 @@ import uvicorn
 from litestar import Litestar, get
 
 from recommender.config import load_settings
+from recommender.platform.http_protocol import WriteCombiningHttpToolsProtocol
 
 ANSWER: dict[str, object] = {"status": "ok", "items": []}
 
@@ -36,6 +37,7 @@ def main() -> None:
         app,
         host="127.0.0.1",
         port=args.port,
+        http=WriteCombiningHttpToolsProtocol,
         proxy_headers=True,
         forwarded_allow_ips=settings.server.forwarded_allow_ips,
         timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds),
