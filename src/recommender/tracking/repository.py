@@ -309,12 +309,11 @@ class TrackingRepository:
         )
         if found[0]:
             return found[1], "", [], []
-        bought = found[3]
         return (
             None,
             found[1].decode(),
             found[2],
-            [(bought[i].decode(), float(bought[i + 1])) for i in range(0, len(bought), 2)],
+            _scored(found[3]),
         )
 
     async def keep_derived(
@@ -337,7 +336,7 @@ class TrackingRepository:
         keys = [self.popularity_key(day, category) for day in days]
         cache = self.keys.key("pop", "cache", str(days[0]), str(days[-1]), category)
         result: Any = await self._popular(keys=[cache, *keys], args=[POPULAR_CACHE_SECONDS, limit])
-        return [(result[i].decode(), float(result[i + 1])) for i in range(0, len(result), 2)]
+        return _scored(result)
 
     async def trending(self, category: str, limit: int) -> list[tuple[str, float]]:
         return await self._ranked(self.trend_key(category), limit)
@@ -349,11 +348,7 @@ class TrackingRepository:
             return []
         keys = [self.co_prefix(kind) + product_id for kind, product_id in lookups]
         replies: list[Any] = await self._read_top_many(keys=keys, args=[limit])
-        # Each reply is flat from Lua: member, score, member, score...
-        return [
-            [(reply[i].decode(), float(reply[i + 1])) for i in range(0, len(reply), 2)]
-            for reply in replies
-        ]
+        return [_scored(reply) for reply in replies]
 
     async def _ranked(self, key: str, limit: int) -> list[tuple[str, float]]:
         result: list[Any] = await self.client.zrevrange(key, 0, limit - 1, withscores=True)
@@ -414,3 +409,8 @@ class TrackingRepository:
             pipe.delete(bought_from)
             pipe.delete(self.derived_key(*source), self.derived_key(*target))
             await pipe.execute()
+
+
+def _scored(flat: list[bytes]) -> list[tuple[str, float]]:
+    """A sorted set's members with their scores, from a script's flat `member, score, ...`."""
+    return [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
