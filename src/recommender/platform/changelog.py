@@ -4,9 +4,10 @@
     {stream}    the latest changes (about `kept`): epoch, then the change's own fields
 
 Writers log from inside their own Lua script (`log_change_lua`), atomically with the change. A
-process keeping something derived from the logged data in memory reads the log at most every
-`period` seconds and drops what the changes reach; when it cannot know (a gap: entries trimmed
-before it read them; a burst; a change it cannot apply) it drops everything.
+process keeping something derived from the logged data in memory serves it as of a read of the
+log begun at most `period` seconds before, and drops what the changes reach; when it cannot know
+(a gap: entries trimmed before it read them; a burst; a change it cannot apply) it drops
+everything.
 """
 
 import asyncio
@@ -53,37 +54,68 @@ class ChangeFollower:
         self.period = period
         self._apply = apply
         self._clear = clear
-        self._lock = asyncio.Lock()  # one reader at a time: each change read once
-        self._read_at = -math.inf
+        self._reading: asyncio.Task[None] | None = None  # the read in flight, shared
+        self._fresh_from = -math.inf  # when the last read that finished started
         self._seen: str | None = None  # the last entry applied
         self._epoch = 0
 
     async def follow(self) -> None:
-        """Apply what was logged since the last read, if `period` has passed since it."""
-        async with self._lock:
-            now = time.monotonic()
-            if now - self._read_at < self.period:
+        """Return once a read begun at most `period` ago has been applied.
+
+        Past half the period a read starts in the background and callers go on with what was
+        applied; a caller waits only when even that is too old. Callers that wait share the
+        read in flight: behind a lock they would wake one per event-loop step, and callers
+        meanwhile would queue behind them, a convoy that held requests for hundreds of ms.
+        """
+        now = time.monotonic()
+        oldest = now - self.period
+        while self._fresh_from <= oldest:
+            reading = self._reading or self._start_read()
+            # Shielded: a caller's cancellation must not cancel the read the others wait for.
+            await asyncio.shield(reading)
+        if self._reading is None and self._fresh_from <= now - self.period / 2:
+            self._start_read()
+
+    def _start_read(self) -> "asyncio.Task[None]":
+        self._reading = asyncio.create_task(self._read_shared(time.monotonic()))
+        self._reading.add_done_callback(_retrieve_exception)
+        return self._reading
+
+    async def _read_shared(self, started: float) -> None:
+        try:
+            await self._read()
+            self._fresh_from = started
+        finally:
+            self._reading = None
+
+    async def _read(self) -> None:
+        """Apply the entries after the last one seen; on a gap, a burst or an entry `apply`
+        cannot take, clear instead and start from the log's end."""
+        if self._seen is not None:
+            raw: Any = await self.client.xrange(
+                self.stream_key, min=f"({self._seen}", count=PER_READ
+            )
+            if not raw:
                 return
-            self._read_at = now
-            if self._seen is not None:
-                raw: Any = await self.client.xrange(
-                    self.stream_key, min=f"({self._seen}", count=PER_READ
-                )
-                if not raw:
-                    return
-                entries = [fields for _, fields in raw]
-                epochs = [int(fields[b"epoch"]) for fields in entries]
-                if (
-                    epochs == list(range(self._epoch + 1, epochs[-1] + 1))
-                    and len(entries) < PER_READ
-                    and self._apply(entries)
-                ):
-                    self._seen, self._epoch = raw[-1][0].decode(), epochs[-1]
-                    return
-            # Where the log ends first: what is read after the clear includes all before it.
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.xrevrange(self.stream_key, count=1)
-                pipe.get(self.counter_key)
-                last, epoch = await pipe.execute()
-            self._seen, self._epoch = (last[0][0].decode() if last else "0-0"), int(epoch or 0)
-            self._clear()
+            entries = [fields for _, fields in raw]
+            epochs = [int(fields[b"epoch"]) for fields in entries]
+            if (
+                epochs == list(range(self._epoch + 1, epochs[-1] + 1))
+                and len(entries) < PER_READ
+                and self._apply(entries)
+            ):
+                self._seen, self._epoch = raw[-1][0].decode(), epochs[-1]
+                return
+        # Where the log ends first: what is read after the clear includes all before it.
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xrevrange(self.stream_key, count=1)
+            pipe.get(self.counter_key)
+            last, epoch = await pipe.execute()
+        self._seen, self._epoch = (last[0][0].decode() if last else "0-0"), int(epoch or 0)
+        self._clear()
+
+
+def _retrieve_exception(read: "asyncio.Task[None]") -> None:
+    """A read started ahead that nobody awaited: its callers see the next read fail instead."""
+    if not read.cancelled():
+        read.exception()
