@@ -149,3 +149,25 @@ async def test_past_half_its_period_it_reads_ahead_without_making_the_caller_wai
     await follower.follow()
     await asyncio.sleep(0.05)
     assert log.applied == ["a"]
+
+
+@pytest.mark.asyncio
+async def test_a_burst_longer_than_one_read_is_applied_not_cleared(log: Log) -> None:
+    follower = log.follower(period=0)
+    await follower.follow()
+    burst = [f"p{n}" for n in range(changelog.PER_READ * 2 + 5)]
+    for product_id in burst:
+        await log.change(product_id)
+    await follower.follow()
+    assert (log.clears, log.applied) == (1, burst)
+
+
+@pytest.mark.asyncio
+async def test_a_gap_in_the_log_clears(log: Log) -> None:
+    follower = log.follower(period=0)
+    await follower.follow()
+    await log.change("a")
+    await log.redis.delete(log.stream)  # trimmed before this follower read it
+    await log.change("b")
+    await follower.follow()
+    assert (log.clears, log.applied) == (2, [])

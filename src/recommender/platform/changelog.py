@@ -6,8 +6,7 @@
 Writers log from inside their own Lua script (`log_change_lua`), atomically with the change. A
 process keeping something derived from the logged data in memory serves it as of a read of the
 log begun at most `period` seconds before, and drops what the changes reach; when it cannot know
-(a gap: entries trimmed before it read them; a burst; a change it cannot apply) it drops
-everything.
+(a gap: entries trimmed before it read them; a change it cannot apply) it drops everything.
 """
 
 import asyncio
@@ -19,7 +18,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 KEPT = 1000
-# Changes read per check; more waiting (a bulk write) clears instead: cheaper than applying.
+# Changes read per round trip: a burst takes several, each applied as it comes, so no step of
+# the event loop applies more than this many. Clearing instead would cost far more: every
+# cached list then has to be computed again.
 PER_READ = 64
 
 Entry = Mapping[bytes, bytes]
@@ -89,9 +90,10 @@ class ChangeFollower:
             self._reading = None
 
     async def _read(self) -> None:
-        """Apply the entries after the last one seen; on a gap, a burst or an entry `apply`
-        cannot take, clear instead and start from the log's end."""
-        if self._seen is not None:
+        """Apply the entries after the last one seen; on a gap (entries trimmed before this read
+        reached them) or an entry `apply` cannot take, clear instead and start from the log's
+        end."""
+        while self._seen is not None:
             raw: Any = await self.client.xrange(
                 self.stream_key, min=f"({self._seen}", count=PER_READ
             )
@@ -99,12 +101,10 @@ class ChangeFollower:
                 return
             entries = [fields for _, fields in raw]
             epochs = [int(fields[b"epoch"]) for fields in entries]
-            if (
-                epochs == list(range(self._epoch + 1, epochs[-1] + 1))
-                and len(entries) < PER_READ
-                and self._apply(entries)
-            ):
-                self._seen, self._epoch = raw[-1][0].decode(), epochs[-1]
+            if epochs != list(range(self._epoch + 1, epochs[-1] + 1)) or not self._apply(entries):
+                break
+            self._seen, self._epoch = raw[-1][0].decode(), epochs[-1]
+            if len(entries) < PER_READ:
                 return
         # Where the log ends first: what is read after the clear includes all before it.
         async with self.client.pipeline(transaction=True) as pipe:
