@@ -1,6 +1,8 @@
-"""The bounded in-process cache (pure logic)."""
+"""The bounded in-process caches (pure logic)."""
 
-from recommender.platform.cache import RecentCache
+import pytest
+
+from recommender.platform.cache import PeriodicCache, RecentCache
 
 
 def test_forgets_the_least_recently_used_first() -> None:
@@ -17,3 +19,28 @@ def test_a_cache_of_size_zero_keeps_nothing() -> None:
     cache: RecentCache[str, int] = RecentCache(max_entries=0)
     cache.put("a", 1)
     assert cache.get("a") is None
+
+
+@pytest.mark.asyncio
+async def test_a_periodic_cache_reads_each_key_once_per_period() -> None:
+    reads: list[str] = []
+    now = [0.0]
+
+    async def read(key: str) -> str:
+        reads.append(key)
+        return f"value of {key}"
+
+    cache: PeriodicCache[str, str] = PeriodicCache(read, 10.0, 2, clock=lambda: now[0])
+    assert await cache.get("a") == "value of a"
+    now[0] = 9.9
+    await cache.get("a")
+    assert reads == ["a"]  # still fresh
+    now[0] = 10.0
+    await cache.get("a")
+    assert reads == ["a", "a"]  # read again once the period is over
+    await cache.get("b")
+    await cache.get("a")  # "a" was used last, so a third key pushes "b" out
+    await cache.get("c")
+    await cache.get("a")
+    await cache.get("b")
+    assert reads == ["a", "a", "b", "c", "b"]

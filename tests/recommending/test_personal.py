@@ -11,7 +11,6 @@ from litestar.testing import AsyncTestClient
 from conftest import Drain
 from recommender.config import Settings
 from recommender.platform.redis import Keyspace
-from recommender.recommending.service import SellingNow
 from recommender.services import Services, build_services
 from recommender.tracking import Shopper
 from recommender.vectors import Filters
@@ -294,29 +293,3 @@ async def test_what_sells_now_comes_first_by_the_floor_setting(
     assert list(scores[2.0]) == ["usual", "selling"]  # x 3 against x 2
     ratio = {floor: s["selling"] / s["usual"] for floor, s in scores.items()}
     assert ratio[0.5] / ratio[2.0] == pytest.approx((1.5 / 0.5) / (3.0 / 2.0), rel=1e-4)
-
-
-@pytest.mark.asyncio
-async def test_selling_now_is_read_once_per_period_and_category() -> None:
-    reads: list[str] = []
-    now = [0.0]
-
-    async def read(category: str) -> list[tuple[str, float]]:
-        reads.append(category)
-        return [(f"best-{category}", 1.0), ("other", 0.5)]
-
-    selling = SellingNow(read, seconds=10.0, categories=2, clock=lambda: now[0])
-    assert await selling.get("a") == ([("best-a", 1.0), ("other", 0.5)],
-                                      {"best-a": 1.0, "other": 0.5})  # fmt: skip
-    now[0] = 9.9
-    await selling.get("a")
-    assert reads == ["a"]  # still fresh
-    now[0] = 10.0
-    await selling.get("a")
-    assert reads == ["a", "a"]  # read again once the period is over
-    await selling.get("b")
-    await selling.get("a")  # "a" was used last, so a third category pushes "b" out
-    await selling.get("c")
-    await selling.get("a")
-    await selling.get("b")
-    assert reads == ["a", "a", "b", "c", "b"]

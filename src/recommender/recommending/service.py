@@ -1,9 +1,8 @@
 """Read surfaces over the catalog's vectors: similar products, hybrid search, autocomplete."""
 
 import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Literal, TypeVar
@@ -13,7 +12,7 @@ import numpy as np
 
 from recommender.catalog import CatalogService, Product
 from recommender.config import Settings
-from recommender.platform.cache import RecentCache
+from recommender.platform.cache import PeriodicCache
 from recommender.platform.errors import InvalidInputError
 from recommender.recommending.fusion import fuse, one_side, query_words
 from recommender.recommending.schemas import (
@@ -65,39 +64,6 @@ _candidates_encoder = msgspec.msgpack.Encoder()
 _candidates_decoder = msgspec.msgpack.Decoder(_Candidates)
 
 
-class SellingNow:
-    """Each category's best sellers of the popularity window, as shares of the top one.
-
-    Read at most once per `seconds` per category and process: the window counts days, so a few
-    seconds change nothing, and a request does not read a thousand best sellers of its own.
-    At most `categories` are kept; the least recently read is dropped first.
-    """
-
-    def __init__(
-        self,
-        read: Callable[[str], Awaitable[Ranked]],
-        seconds: float,
-        categories: int = _SELLING_NOW_CATEGORIES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._read = read
-        self._seconds = seconds
-        self._clock = clock
-        self._cached: RecentCache[str, tuple[float, Ranked, dict[str, float]]] = RecentCache(
-            categories
-        )
-
-    async def get(self, category: str) -> tuple[Ranked, dict[str, float]]:
-        """The best sellers, best first, and the same as a mapping."""
-        now = self._clock()
-        cached = self._cached.get(category)
-        if cached is None or now >= cached[0]:
-            ranked = await self._read(category)
-            cached = (now + self._seconds, ranked, dict(ranked))
-            self._cached.put(category, cached)
-        return cached[1], cached[2]
-
-
 class RecommendService:
     def __init__(
         self,
@@ -113,12 +79,19 @@ class RecommendService:
         self.search_settings = settings.search
         self.popular_days = settings.tracking.popularity_default_days
         self.neighbour_depth = settings.vectors.neighbour_cache_depth
-        self.selling_now = SellingNow(
-            lambda category: tracking.popular(
-                self.settings.selling_now_days, category, self.settings.selling_now_depth
-            ),
+        # Each category's best sellers, as shares of the top one: the window counts days, so a
+        # few seconds change nothing, and a request does not read a thousand of its own.
+        self.selling_now: PeriodicCache[str, tuple[Ranked, dict[str, float]]] = PeriodicCache(
+            self._read_selling_now,
             self.settings.selling_now_cache_seconds,
+            _SELLING_NOW_CATEGORIES,
         )
+
+    async def _read_selling_now(self, category: str) -> tuple[Ranked, dict[str, float]]:
+        ranked = await self.tracking.popular(
+            self.settings.selling_now_days, category, self.settings.selling_now_depth
+        )
+        return ranked, dict(ranked)
 
     async def similar(
         self, product_id: str, k: int, filters: Filters, min_score: float | None = None

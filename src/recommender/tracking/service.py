@@ -18,9 +18,14 @@ import structlog
 
 from recommender.catalog import CatalogService, category_prefixes
 from recommender.config import TrackingSettings
+from recommender.platform.cache import PeriodicCache
 from recommender.platform.errors import InvalidInputError
 from recommender.platform.streams import StreamEntry
-from recommender.tracking.repository import Aggregation, TrackingRepository
+from recommender.tracking.repository import (
+    POPULAR_CACHE_SECONDS,
+    Aggregation,
+    TrackingRepository,
+)
 from recommender.tracking.schemas import (
     Event,
     EventResult,
@@ -40,6 +45,8 @@ _LN2 = math.log(2)
 # window of them (bought: across orders too, as an item-to-item matrix of shoppers would).
 _CO_WINDOWS = {"view": "view", "click": "view", "add_to_cart": "cart", "purchase": "purchase"}
 
+# Popularity windows (days, category, length) each process keeps.
+_POPULAR_WINDOWS = 1000
 # Purchases read for "for you" (buy again, and leaving bought products out).
 _PURCHASES = 1000
 _history_encoder = msgspec.msgpack.Encoder()
@@ -93,6 +100,9 @@ class TrackingService:
         self.repository = repository
         self.catalog = catalog
         self.settings = settings
+        self._popular: PeriodicCache[tuple[int, str, int], list[tuple[str, float]]] = PeriodicCache(
+            self._read_popular, POPULAR_CACHE_SECONDS, _POPULAR_WINDOWS
+        )
 
     @property
     def stream(self) -> str:
@@ -240,12 +250,18 @@ class TrackingService:
         return _from_logs(await self.repository.bought(shopper.kind, shopper.id, limit))
 
     async def popular(self, days: int, category: str, limit: int) -> list[tuple[str, float]]:
+        """The window's best sellers, read at most once per POPULAR_CACHE_SECONDS per process
+        (and summed in Redis as often): counts over days, up to twice that stale."""
+        return await self._popular.get((days, category, limit))
+
+    async def _read_popular(self, window: tuple[int, str, int]) -> list[tuple[str, float]]:
+        days, category, limit = window
         clock = await self.repository.clock()
         if clock is None:
             return []
         last = _day(clock)
-        window = [int(last - offset * DAY) for offset in range(days)]
-        return _shares(await self.repository.popular(window, category, limit))
+        days_back = [int(last - offset * DAY) for offset in range(days)]
+        return _shares(await self.repository.popular(days_back, category, limit))
 
     async def trending(self, category: str, limit: int) -> list[tuple[str, float]]:
         return _from_logs(await self.repository.trending(category, limit))
