@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 
 import pytest
+import redis
 import redis.asyncio as aioredis
+import structlog
 
 from recommender.platform import changelog
 from recommender.platform.changelog import ChangeFollower, Entry, log_change_lua
@@ -171,3 +173,27 @@ async def test_a_gap_in_the_log_clears(log: Log) -> None:
     await log.change("b")
     await follower.follow()
     assert (log.clears, log.applied) == (2, [])
+
+
+@pytest.mark.asyncio
+async def test_a_failed_read_ahead_is_logged_and_the_next_caller_due_sees_the_error(
+    log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = SimpleNamespace(monotonic=lambda: 100.0)
+    monkeypatch.setattr(changelog, "time", clock)
+    follower = log.follower(period=1)
+    await follower.follow()
+
+    async def unreachable(*args: object, **kwargs: object) -> object:
+        raise redis.exceptions.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(log.redis, "xrange", unreachable)
+    clock.monotonic = lambda: 100.6
+    with structlog.testing.capture_logs() as logs:
+        await follower.follow()  # starts a read ahead and does not wait for it
+        await asyncio.sleep(0.05)
+    failed = [(entry["event"], entry["error"]) for entry in logs]
+    assert failed == [("change_log_read_failed", "Redis went away")]
+    clock.monotonic = lambda: 101.5  # past the period: this caller waits for a read, and fails
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await follower.follow()

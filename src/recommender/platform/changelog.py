@@ -16,6 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+import structlog
+
+log = structlog.get_logger()
 
 KEPT = 1000
 # Changes read per round trip: a burst takes several, each applied as it comes, so no step of
@@ -79,7 +82,7 @@ class ChangeFollower:
 
     def _start_read(self) -> "asyncio.Task[None]":
         self._reading = asyncio.create_task(self._read_shared(time.monotonic()))
-        self._reading.add_done_callback(_retrieve_exception)
+        self._reading.add_done_callback(self._read_done)
         return self._reading
 
     async def _read_shared(self, started: float) -> None:
@@ -88,6 +91,12 @@ class ChangeFollower:
             self._fresh_from = started
         finally:
             self._reading = None
+
+    def _read_done(self, read: "asyncio.Task[None]") -> None:
+        """Log a failed read: one started ahead may have no caller to raise to (the next read is
+        tried when a caller needs it)."""
+        if not read.cancelled() and (error := read.exception()) is not None:
+            log.warning("change_log_read_failed", stream=self.stream_key, error=str(error))
 
     async def _read(self) -> None:
         """Apply the entries after the last one seen; on a gap (entries trimmed before this read
@@ -113,9 +122,3 @@ class ChangeFollower:
             last, epoch = await pipe.execute()
         self._seen, self._epoch = (last[0][0].decode() if last else "0-0"), int(epoch or 0)
         self._clear()
-
-
-def _retrieve_exception(read: "asyncio.Task[None]") -> None:
-    """A read started ahead that nobody awaited: its callers see the next read fail instead."""
-    if not read.cancelled():
-        read.exception()
