@@ -56,6 +56,15 @@ async def pending(redis: "aioredis.Redis", runner: StreamRunner) -> int:
     return int(summary["pending"])
 
 
+async def read_by_group(redis: "aioredis.Redis", runner: StreamRunner, count: int) -> None:
+    """Until the group has delivered `count` entries (a step read them and now lingers)."""
+    for _ in range(2000):
+        if await pending(redis, runner) >= count:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"the group never delivered {count} entries")
+
+
 def metric(name: str, runner: StreamRunner) -> float:
     value = REGISTRY.get_sample_value(name, {"stream": runner.stream, "group": runner.group})
     return value or 0.0
@@ -84,15 +93,27 @@ async def test_a_short_read_lingers_and_takes_what_came_meanwhile_in_the_same_ba
     await runner.ensure_group()
     await add(redis, runner, 2)
     step = asyncio.create_task(runner.step())
-    await asyncio.sleep(0.3)  # the step has read the two and lingers
+    await read_by_group(redis, runner, 2)  # the step has read the two and lingers
     await redis.xadd(runner.stream, {"n": "late"})
     assert await step == 3
     assert handler.batches == [3]
+    assert await pending(redis, runner) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_stop_cuts_the_linger_short_and_hands_in_what_was_read(
+    redis: "aioredis.Redis", settings: Settings
+) -> None:
+    lingering = msgspec.structs.replace(settings.streams, linger_ms=60_000)
+    handler = Recorder()
+    runner = make_runner(redis, msgspec.structs.replace(settings, streams=lingering), handler)
+    await runner.ensure_group()
     runner.start()
     await add(redis, runner, 1)
-    await asyncio.sleep(0.3)
-    await asyncio.wait_for(runner.stop(), 0.5)  # a stop cuts the linger short...
-    assert handler.batches == [3, 1]  # ...and the step hands in what it read
+    await read_by_group(redis, runner, 1)
+    # Far under the minute the linger would last; far over what a stop takes.
+    await asyncio.wait_for(runner.stop(), 10)
+    assert handler.batches == [1]
     assert await pending(redis, runner) == 0
 
 
