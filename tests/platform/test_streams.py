@@ -47,6 +47,16 @@ def make_runner(
     )  # fmt: skip
 
 
+async def lingering_runner(
+    redis: "aioredis.Redis", settings: Settings, handler: Recorder, linger_ms: int
+) -> StreamRunner:
+    """A runner whose short reads wait up to `linger_ms` for more, its group created."""
+    lingering = msgspec.structs.replace(settings.streams, linger_ms=linger_ms)
+    runner = make_runner(redis, msgspec.structs.replace(settings, streams=lingering), handler)
+    await runner.ensure_group()
+    return runner
+
+
 async def add(redis: "aioredis.Redis", runner: StreamRunner, count: int) -> list[str]:
     return [(await redis.xadd(runner.stream, {"n": str(i)})).decode() for i in range(count)]
 
@@ -87,10 +97,8 @@ async def test_delivers_in_batches_and_acks(redis: "aioredis.Redis", settings: S
 async def test_a_short_read_lingers_and_takes_what_came_meanwhile_in_the_same_batch(
     redis: "aioredis.Redis", settings: Settings
 ) -> None:
-    lingering = msgspec.structs.replace(settings.streams, linger_ms=1000)
     handler = Recorder()
-    runner = make_runner(redis, msgspec.structs.replace(settings, streams=lingering), handler)
-    await runner.ensure_group()
+    runner = await lingering_runner(redis, settings, handler, linger_ms=1000)
     await add(redis, runner, 2)
     step = asyncio.create_task(runner.step())
     await read_by_group(redis, runner, 2)  # the step has read the two and lingers
@@ -104,10 +112,8 @@ async def test_a_short_read_lingers_and_takes_what_came_meanwhile_in_the_same_ba
 async def test_a_stop_cuts_the_linger_short_and_hands_in_what_was_read(
     redis: "aioredis.Redis", settings: Settings
 ) -> None:
-    lingering = msgspec.structs.replace(settings.streams, linger_ms=60_000)
     handler = Recorder()
-    runner = make_runner(redis, msgspec.structs.replace(settings, streams=lingering), handler)
-    await runner.ensure_group()
+    runner = await lingering_runner(redis, settings, handler, linger_ms=60_000)
     runner.start()
     await add(redis, runner, 1)
     await read_by_group(redis, runner, 1)
