@@ -103,7 +103,8 @@ async def test_import_records_history_and_the_aggregates_use_event_time(
     await drain()
     # Windows end at the newest event's time, not today: 2011's week is still "the last 7 days".
     assert [p for p, _ in await services.tracking.popular(7, "", 10)] == ["mug", "kettle"]
-    assert [p for p, _ in await services.tracking.co_occurring("purchase", "mug", 5)] == ["kettle"]
+    (co_purchased,) = await services.tracking.co_occurring_many([("purchase", "mug")], 5)
+    assert [p for p, _ in co_purchased] == ["kettle"]
 
 
 @pytest.mark.asyncio

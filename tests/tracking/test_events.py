@@ -12,7 +12,7 @@ from conftest import Drain
 from recommender.config import Settings
 from recommender.platform.redis import Keyspace
 from recommender.services import Services, build_services
-from recommender.tracking import Shopper
+from recommender.tracking import Shopper, TrackingService
 
 T0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
 
@@ -26,6 +26,14 @@ async def post(client: AsyncTestClient, body: Any) -> dict[str, Any]:
     assert response.status_code == 202, response.text
     result: dict[str, Any] = response.json()
     return result
+
+
+async def co_occurring(
+    tracking: TrackingService, kind: str, product_id: str, limit: int
+) -> list[tuple[str, float]]:
+    """One product's co-occurrence list."""
+    (found,) = await tracking.co_occurring_many([(kind, product_id)], limit)
+    return found
 
 
 @pytest.mark.asyncio
@@ -226,8 +234,8 @@ async def test_aggregates_count_each_event_once_and_use_event_time(
     assert [p for p, _ in popular] == ["b", "a", "c"]  # purchases weigh 8, views 1
     assert [p for p, _ in await tracking.popular(7, "Home", 10)] == ["b", "a"]
     assert [p for p, _ in await tracking.popular(7, "Home > Garden", 10)] == ["b"]
-    assert [p for p, _ in await tracking.co_occurring("purchase", "a", 10)] == ["b"]
-    assert [p for p, _ in await tracking.co_occurring("view", "c", 10)] == ["b"]
+    assert [p for p, _ in await co_occurring(tracking, "purchase", "a", 10)] == ["b"]
+    assert [p for p, _ in await co_occurring(tracking, "view", "c", 10)] == ["b"]
     assert next(p for p, _ in await tracking.trending("", 10)) in {"a", "b"}
 
     # Redelivery of every entry: nothing changes.
@@ -242,7 +250,7 @@ async def test_aggregates_count_each_event_once_and_use_event_time(
              for i, f in entries]
         )  # fmt: skip
     assert await tracking.popular(7, "", 10) == before
-    assert len(await tracking.co_occurring("purchase", "a", 10)) == 1
+    assert len(await co_occurring(tracking, "purchase", "a", 10)) == 1
 
 
 @pytest.mark.asyncio
@@ -284,12 +292,12 @@ async def test_co_purchase_is_a_cosine_so_a_best_seller_does_not_head_every_list
         *[bought(f"home{i}", p, i, f"h{i}") for i in range(10) for p in ("mug", f"thing{i}")],
         *[bought(f"camper{i}", p, i, f"c{i}") for i in range(2) for p in ("tent", "bag", "mug")],
     ])  # fmt: skip
-    tent = await services.tracking.co_occurring("purchase", "tent", 10)
+    tent = await co_occurring(services.tracking, "purchase", "tent", 10)
     # As many tent buyers bought the mug as the bag; the bag is the one bought with tents:
     # 2 / sqrt(2 x 12) of the bag's 2 / sqrt(2 x 2), whatever the tent's own count.
     assert [p for p, _ in tent] == ["bag", "mug"]
     assert tent[1][1] == pytest.approx(2 / 24**0.5, rel=1e-3)
-    mug = dict(await services.tracking.co_occurring("purchase", "mug", 20))
+    mug = dict(await co_occurring(services.tracking, "purchase", "mug", 20))
     assert mug["tent"] == pytest.approx(1.0)
     assert mug["bag"] == pytest.approx(1.0, rel=1e-3)
     assert mug["thing0"] == pytest.approx(1 / 2**0.5, rel=1e-3)  # one shopper of one against two
@@ -306,10 +314,10 @@ async def test_co_purchase_pairs_a_shoppers_orders_within_the_window(
         bought("u2", "lamp", 0, "o3"),
         bought("u2", "bulb", 24 * (days + 1), "o4"),  # past the window's life: no pair
     ])  # fmt: skip
-    assert [p for p, _ in await services.tracking.co_occurring("purchase", "kettle", 5)] == [
+    assert [p for p, _ in await co_occurring(services.tracking, "purchase", "kettle", 5)] == [
         "teapot"
     ]
-    assert await services.tracking.co_occurring("purchase", "lamp", 5) == []
+    assert await co_occurring(services.tracking, "purchase", "lamp", 5) == []
 
 
 @pytest.mark.asyncio
@@ -319,10 +327,10 @@ async def test_a_pair_counts_once_per_shoppers_window(services: Services) -> Non
         *[bought("u1", p, hours) for hours, p in enumerate(("a", "b", "a", "b", "a"))],
         bought("u2", "a", 10), bought("u2", "c", 11),
     ])  # fmt: skip
-    near_a = dict(await services.tracking.co_occurring("purchase", "a", 5))
+    near_a = dict(await co_occurring(services.tracking, "purchase", "a", 5))
     assert near_a == {"c": pytest.approx(1.0), "b": pytest.approx(1.0, rel=1e-2)}
     # Views keep their own window and counts: the purchases made none.
-    assert await services.tracking.co_occurring("view", "a", 5) == []
+    assert await co_occurring(services.tracking, "view", "a", 5) == []
 
 
 @pytest.mark.asyncio
@@ -341,7 +349,7 @@ async def test_co_occurrence_keeps_the_top_n_and_only_their_counts(
         event for product, shoppers in plan.items() for i in range(shoppers)
         for event in (bought(f"{product}-{i}", "x", 0), bought(f"{product}-{i}", product, 1))
     ])  # fmt: skip
-    assert [p for p, _ in await services.tracking.co_occurring("purchase", "x", 10)] == [
+    assert [p for p, _ in await co_occurring(services.tracking, "purchase", "x", 10)] == [
         "p1", "p2"
     ]  # fmt: skip
     repository = services.tracking.repository

@@ -266,13 +266,11 @@ class TrackingService:
     async def trending(self, category: str, limit: int) -> list[tuple[str, float]]:
         return _from_logs(await self.repository.trending(category, limit))
 
-    async def co_occurring(self, kind: str, product_id: str, limit: int) -> list[tuple[str, float]]:
-        return (await self.co_occurring_many([(kind, product_id)], limit))[0]
-
     async def co_occurring_many(
         self, lookups: Sequence[tuple[str, str]], limit: int
     ) -> list[list[tuple[str, float]]]:
-        """`co_occurring` for many (kind, product) pairs in one round trip."""
+        """For each (kind, product) pair, the products most often seen with it in that kind of
+        event, strongest first with their scores; all pairs in one round trip."""
         return [
             _from_logs(ranked) for ranked in await self.repository.co_occurring_many(lookups, limit)
         ]
