@@ -1,15 +1,17 @@
 """What one "for you" request costs: wall time, this process's CPU, Redis CPU and commands.
 
     python -m benchmarks.for_you_cost [--users 200] [--cutoff 2011-07-01] [--variant K=V,...]
+        [--warm]
 
 How (one private embedded Redis, everything in this process):
 1. Convert the shared Online Retail data (`benchmarks.datasets.online_retail`) into a temporary
    directory; import its catalog through `CatalogService.upsert_batch` and its purchases before
    the cutoff through `TrackingService.record` (the calls `POST /products/batch` and
    `POST /events` make); run both consumers until every stream entry is handled; refit.
-2. Ask `RecommendService.for_you` (k=10, no stock filter) for the first `--users` users with
-   history before the cutoff, each with and without their purchases excluded, one request at a
-   time (warm-up: the first 20 requests, not counted).
+2. With `--warm`, first cache every product's neighbour list (the state similar requests leave
+   a service in). Ask `RecommendService.for_you` (k=10, no stock filter) for the first
+   `--users` users with history before the cutoff, each with and without their purchases
+   excluded, one request at a time (warm-up: the first 20 requests, not counted).
    Settings come from config.toml and RECOMMENDER_* variables, as the service's do; each
    `--variant` asks again with some [recommend] settings changed, on the same data.
 3. Print per request: wall time (percentiles), CPU time of this process (the service's Python
@@ -152,7 +154,24 @@ def _variant(text: str) -> dict[str, Any]:
     return dict(pairs)
 
 
-async def measure(users: int, cutoff: datetime, variants: list[dict[str, Any]]) -> None:
+async def _warm_neighbours(recommend: RecommendService) -> None:
+    """Every product's neighbour list into this process's cache, as similar requests leave a
+    service's after a while."""
+    started = time.perf_counter()
+    depth = recommend.neighbour_depth
+    cursor, count = "", 0
+    while True:
+        page = await recommend.catalog.list("", cursor, 1000)
+        for product in page.items:
+            await recommend.vectors.neighbours(product.id, depth)
+        count += len(page.items)
+        if not page.next_cursor:
+            break
+        cursor = page.next_cursor
+    print(f"neighbour lists of {count:,} products cached in {time.perf_counter() - started:.0f} s")
+
+
+async def measure(users: int, cutoff: datetime, variants: list[dict[str, Any]], warm: bool) -> None:
     quiet_logs()
     with tempfile.TemporaryDirectory() as tmp, private_redis(Path(tmp) / "redis") as server:
         # config.toml and RECOMMENDER_* variables apply, e.g. RECOMMENDER_RECOMMEND__ANCHORS=20.
@@ -169,6 +188,8 @@ async def measure(users: int, cutoff: datetime, variants: list[dict[str, Any]]) 
             overrides |= {f"recommend.{key}": value for key, value in changes.items()}
             varied = load_settings(overrides=overrides)
             recommend = build_services(client, Keyspace(NAMESPACE), varied).recommend
+            if warm:
+                await _warm_neighbours(recommend)
             await _measure(client, recommend, asks)
         await client.aclose()
 
@@ -181,12 +202,16 @@ def main() -> None:
         "--variant", type=_variant, action="append", default=[], metavar="KEY=VALUE[,...]",
         help="also measure with these [recommend] settings changed (repeatable)",
     )  # fmt: skip
+    parser.add_argument(
+        "--warm", action="store_true",
+        help="first cache every product's neighbour list, as a service's cache is after a while",
+    )  # fmt: skip
     args = parser.parse_args()
     cutoff = datetime.strptime(args.cutoff, "%Y-%m-%d").replace(tzinfo=UTC)
     # BLAS on one thread, as in the service's processes (its lifespan): a second thread spins
     # after each matrix product and its CPU would count as the request's.
     with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
-        asyncio.run(measure(args.users, cutoff, args.variant))
+        asyncio.run(measure(args.users, cutoff, args.variant, args.warm))
 
 
 if __name__ == "__main__":
