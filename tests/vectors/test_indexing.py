@@ -354,6 +354,25 @@ async def test_near_blend_sums_weighted_cosines_in_one_query(
 
 
 @pytest.mark.asyncio
+async def test_strongest_blended_uses_vectors_as_current_as_the_index(
+    services: Services, drain: Drain
+) -> None:
+    await add(
+        services, "White ceramic coffee mug", "Brass desk lamp", "Blue ceramic coffee mug",
+        "Brass floor lamp",
+    )  # fmt: skip
+    await drain()
+    await services.vectors.refit(reason="test")
+    near = await services.vectors.near_blend([("p0", 0.5), ("p1", 0.5)], 10)
+    for product_id in ("p2", "p3"):  # their vectors are kept beside their neighbour lists
+        await services.vectors.neighbours(product_id, 2)
+    assert await services.vectors.strongest_blended(near, ["p2", "p3"]) == {"p2": "p0", "p3": "p1"}
+    await services.catalog.update("p3", ProductUpdate(name="Green ceramic coffee mug"))
+    await drain()
+    assert await services.vectors.strongest_blended(near, ["p2", "p3"]) == {"p2": "p0", "p3": "p0"}
+
+
+@pytest.mark.asyncio
 async def test_near_blend_of_nothing_known_is_empty(services: Services, drain: Drain) -> None:
     assert (await services.vectors.near_blend([("p0", 1.0)], 10)).hits == []  # no model yet
     await add(services, "Red wool scarf")

@@ -21,9 +21,11 @@ def change(product_id: str, old: Any = None, new: Any = None) -> VectorChange:
 
 
 def listed(*pairs: tuple[str, float], depth: int = 2) -> NeighbourList:
-    return NeighbourList(depth, True, tuple(p for p, _ in pairs), tuple(s for _, s in pairs))
+    ids, scores = tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
+    return NeighbourList(VERSION, depth, True, ids, scores)
 
 
+VERSION = 3
 A, B, C = unit(1, 0, 0), unit(0, 1, 0), unit(0, 0, 1)
 NEAR_A = unit(1, 0.2, 0)  # cosine 0.98 with A, 0.2 with B
 
@@ -103,7 +105,7 @@ def test_a_list_shorter_than_its_depth_takes_any_new_vector_and_loses_a_removed_
 def test_a_list_without_a_vector_is_reached_only_by_its_own_change() -> None:
     cache = NeighbourCache(100)
     cache.put("zero", np.zeros(DIMS, dtype=np.float32), listed(depth=5), cache.changes_applied)
-    cache.put("unindexed", None, NeighbourList(5, False, (), ()), cache.changes_applied)
+    cache.put("unindexed", None, NeighbourList(VERSION, 5, False, (), ()), cache.changes_applied)
     cache.apply([change("new", new=A)])
     assert ids_and_scores(cache, "zero", 5) == []  # nothing is similar to a text of no terms
     assert cache.get("unindexed", 5) is not None
@@ -135,3 +137,15 @@ def test_a_deeper_request_misses_and_the_least_recently_used_goes_first() -> Non
     cache.apply([change("new", new=unit(0, 0.1, 1))])  # b's freed slot now holds c's vector
     assert ids_and_scores(cache, "c", 2) == [("new", 0.995), ("x", 0.9)]
     assert ids_and_scores(cache, "a", 2) == [("x", 0.9), ("y", 0.8)]
+
+
+def test_the_vectors_kept_beside_the_lists_are_those_of_the_lists_version_and_current() -> None:
+    cache = cache_of_a_and_b()
+    cache.put("zero", np.zeros(DIMS, dtype=np.float32), listed(depth=5), cache.changes_applied)
+    matrix, missing = cache.vectors(VERSION, ["b", "unknown", "a", "zero"])
+    assert missing == [1]
+    assert np.array_equal(matrix[[0, 2]], np.stack([B, A]))
+    assert not matrix[[1, 3]].any()  # one to read, and one that embeds as nothing
+    assert cache.vectors(VERSION + 1, ["a", "b"])[1] == [0, 1]  # another version's index
+    cache.apply([change("a", old=A, new=NEAR_A)])  # its own list and vector go with the change
+    assert cache.vectors(VERSION, ["a", "b"])[1] == [0]

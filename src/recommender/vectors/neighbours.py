@@ -29,6 +29,7 @@ Vector = np.ndarray[Any, np.dtype[np.float32]]
 
 @dataclass(frozen=True, slots=True)
 class NeighbourList:
+    version: int  # the model version whose index gave the list
     depth: int  # how many were asked for: a shorter list is all there is
     embedded: bool  # False: the product has no vector (yet), so no neighbours either
     # Plain tuples of strings and floats, which the garbage collector stops tracking: a full
@@ -84,6 +85,20 @@ class NeighbourCache:
             self._floors[slot] = _floor(found)
         # else no vector, so no neighbours: only the product's own change can alter that
 
+    def vectors(self, version: int, product_ids: Sequence[str]) -> tuple[Vector, list[int]]:
+        """The products' vectors in that version as rows (zeros for one with no vector), from
+        the lists kept; and the rows of the products with no list of that version kept."""
+        matrix = np.zeros((len(product_ids), DIMS), dtype=np.float32)
+        missing = []
+        for row, product_id in enumerate(product_ids):
+            slot = self._slots.get(product_id)
+            found = None if slot is None else self._lists[slot]
+            if slot is None or found is None or found.version != version:
+                missing.append(row)
+            else:
+                matrix[row] = self._vectors[slot]
+        return matrix, missing
+
     def apply(self, changes: Sequence[VectorChange]) -> None:
         """Patch the lists these changes reach, in order; drop those a change leaves unknown,
         and the changed products' own lists."""
@@ -128,7 +143,7 @@ class NeighbourCache:
             return
         del pairs[found.depth :]
         patched = NeighbourList(
-            found.depth, True, tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
+            found.version, found.depth, True, tuple(p for p, _ in pairs), tuple(s for _, s in pairs)
         )
         self._lists[slot] = patched
         self._floors[slot] = _floor(patched)

@@ -421,11 +421,11 @@ class VectorService:
         """The product's vector and its `depth` nearest (none for a vector of zeros)."""
         version, vector = await self.stored_vector(product_id)
         if vector is None or not np.any(vector):
-            return vector, NeighbourList(depth, vector is not None, (), ())
+            return vector, NeighbourList(version, depth, vector is not None, (), ())
         everything_else = Filters(in_stock=None, exclude=(product_id,))
         nearest = await self.index.knn_ids(vector, depth, everything_else, self.index.name(version))
         ids = tuple(n.product_id for n in nearest)
-        return vector, NeighbourList(depth, True, ids, tuple(n.score for n in nearest))
+        return vector, NeighbourList(version, depth, True, ids, tuple(n.score for n in nearest))
 
     async def near_blend(self, weights: Sequence[tuple[str, float]], k: int) -> BlendNeighbours:
         """The k products nearest the weighted sum of the given products' vectors.
@@ -469,7 +469,12 @@ class VectorService:
         """For each product, the blended product whose weight x cosine adds most to its score."""
         if not near.blended or not product_ids:
             return {}
-        matrix, _ = await self.index.vectors(near.version, product_ids)
+        # Those with a neighbour list kept have their vector beside it, as current as the list.
+        await self._vector_changes.follow()
+        matrix, missing = self._neighbour_cache.vectors(near.version, product_ids)
+        if missing:
+            read, _ = await self.index.vectors(near.version, [product_ids[row] for row in missing])
+            matrix[missing] = read
         shares = matrix @ near.rows.T  # a row per product, a column per blended product
         columns = {blended: column for column, blended in enumerate(near.blended)}
         for row, product_id in enumerate(product_ids):
