@@ -242,9 +242,11 @@ async def test_a_vector_change_patches_the_cached_neighbour_lists_it_enters(
     queries: list[str] = []
     knn_ids = vectors.index.knn_ids
 
-    async def counted(vector: Any, k: int, filters: Filters, index: str | None = None) -> Any:
+    async def counted(
+        vector: Any, k: int, filters: Filters, index: str | None = None, **checked: Any
+    ) -> Any:
         queries.append(filters.exclude[0])
-        return await knn_ids(vector, k, filters, index)
+        return await knn_ids(vector, k, filters, index, **checked)
 
     monkeypatch.setattr(vectors.index, "knn_ids", counted)
     spade = await vectors.neighbours("p3", 2)
@@ -370,6 +372,28 @@ async def test_strongest_blended_uses_vectors_as_current_as_the_index(
     await services.catalog.update("p3", ProductUpdate(name="Green ceramic coffee mug"))
     await drain()
     assert await services.vectors.strongest_blended(near, ["p2", "p3"]) == {"p2": "p0", "p3": "p0"}
+
+
+@pytest.mark.asyncio
+async def test_near_blend_from_kept_vectors_moves_to_the_version_a_refit_made_live(
+    services: Services, drain: Drain, redis: "aioredis.Redis", settings: Settings
+) -> None:
+    await add(services, "White ceramic coffee mug", "Blue ceramic coffee mug", "Brass desk lamp")
+    await drain()
+    await services.vectors.refit(reason="test")
+    # A process that has not yet seen the next swap: its lists and their vectors stay kept.
+    hourly = msgspec.structs.replace(settings.vectors, neighbour_epoch_check_seconds=3600)
+    unaware = msgspec.structs.replace(settings, vectors=hourly)
+    other = build_services(redis, Keyspace(settings.redis.namespace), unaware).vectors
+    weights = [("p0", 0.5), ("p2", 0.5)]
+    for product_id, _ in weights:
+        await other.neighbours(product_id, 2)
+    before = await other.near_blend(weights, 10)
+    await services.vectors.refit(reason="test")  # the first version's index is dropped
+    after = await other.near_blend(weights, 10)
+    live, _ = await services.vectors.live_model()
+    assert (before.version, after.version) == (live - 1, live)
+    assert after.hits == (await services.vectors.near_blend(weights, 10)).hits
 
 
 @pytest.mark.asyncio

@@ -264,6 +264,11 @@ async def test_reads_of_a_version_no_longer_live_answer_the_live_one_only(
     with pytest.raises(NotLiveError) as stale:
         await index.vectors(version - 1, ["p0"], state_key=state_key)
     assert stale.value.live == version
+    with pytest.raises(NotLiveError) as stale:
+        await index.knn_ids(vectors[0], 5, Filters(), live=(state_key, version - 1))
+    assert stale.value.live == version
+    checked = await index.knn_ids(vectors[0], 5, Filters(), live=(state_key, version))
+    assert checked == await index.knn_ids(vectors[0], 5, Filters())
     matrix, indexed = await index.vectors(version, ["p0", "nothing"], state_key=state_key)
     assert np.array_equal(matrix[0], vectors[0])
     assert indexed == [True, False]

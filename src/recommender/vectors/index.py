@@ -120,20 +120,23 @@ return found
 
 # A KNN query's ids and distances as one string, a line per hit: "{id} {distance}". Redis-py
 # builds a map per hit of the RESP3 reply (hiredis: 0.7-1.0 ms of client CPU for 300 hits);
-# one string costs it 0.3 ms, and Redis 0.1 ms more for the Lua. ARGV: the length of the root of
-# document keys ({ns}vec:), which go on "{version}:{id}"; then FT.SEARCH's arguments, returning
-# just `distance`.
-_KNN_IDS = """
-local reply = redis.call('FT.SEARCH', unpack(ARGV, 2))
-local root = tonumber(ARGV[1])
+# one string costs it 0.3 ms, and Redis 0.1 ms more for the Lua. ARGV: the version (_IF_LIVE),
+# the length of the root of document keys ({ns}vec:), which go on "{version}:{id}"; then
+# FT.SEARCH's arguments, returning just `distance`. Answers the string in a list of one.
+_KNN_IDS = (
+    _IF_LIVE
+    + """
+local reply = redis.call('FT.SEARCH', unpack(ARGV, 3))
+local root = tonumber(ARGV[2])
 local lines = {}
 for i = 2, #reply, 2 do
   local key = reply[i]
   local id = string.sub(key, string.find(key, ':', root + 1, true) + 1)
   lines[#lines + 1] = id .. ' ' .. reply[i + 1][2]
 end
-return table.concat(lines, '\\n')
+return {table.concat(lines, '\\n')}
 """
+)
 
 # A search's BM25 and KNN queries in the index of ARGV[1], if that version is live (_IF_LIVE).
 # ARGV: then how many of the arguments after it are the BM25 query's (0: none), then the KNN
@@ -471,15 +474,24 @@ class VectorIndex:
     # -- queries ----------------------------------------------------------------------------------
 
     async def knn_ids(
-        self, vector: np.ndarray[Any, Any], k: int, filters: Filters, index: str | None = None
+        self,
+        vector: np.ndarray[Any, Any],
+        k: int,
+        filters: Filters,
+        index: str | None = None,
+        *,
+        live: tuple[str, int] | None = None,
     ) -> list[Neighbour]:
-        """`knn` as ids and scores only, for callers that read the products themselves."""
+        """`knn` as ids and scores only, for callers that read the products themselves. With
+        `live`, the model state's key and a version: only while that version is live (else
+        NotLiveError)."""
         # The id comes from the document key ({ns}vec:{version}:{id}) rather than a returned
         # `pid`, which Redis would read from each hit's hash: at k=300 (3.6k products) that
         # saves about a third of Redis's CPU for the query (1.10 -> 0.75 ms) and 10-20% of ours.
-        lines: bytes = await self._knn_ids(
-            args=[len(self._vector_root), *self._knn_args(vector, k, filters, index)]
-        )
+        state_key, version = live or ("", 0)
+        knn = self._knn_args(vector, k, filters, index)
+        reply = await self._knn_ids(keys=[state_key], args=[version, len(self._vector_root), *knn])
+        (lines,) = _checked(reply)
         hits = [line.rpartition(b" ") for line in lines.split(b"\n")] if lines else []
         return [
             Neighbour(pid.decode(), 1.0 - d)

@@ -434,13 +434,26 @@ class VectorService:
         every given product's own neighbours would add up to, from one query instead of one
         per product (the vectors are unit length, so the sum is a dot product with the blend).
         """
-        ids = [product_id for product_id, _ in weights]
-        read = await self._at_live(
-            lambda version: self.index.vectors(version, ids, state_key=self.store.state_key)
+        await self._vector_changes.follow()  # the vectors kept are as current as the lists
+        found = await self._at_live(
+            lambda version: self._near_blend_at(version, weights, k)
         ) if weights else None  # fmt: skip
-        if read is None:
+        if found is None:
             return BlendNeighbours([], 0, [], np.zeros((0, 0), dtype=np.float32))
-        version, (matrix, _) = read
+        return found[1]
+
+    async def _near_blend_at(
+        self, version: int, weights: Sequence[tuple[str, float]], k: int
+    ) -> BlendNeighbours:
+        """`near_blend` in that version's index, while it is live (else NotLiveError)."""
+        ids = [product_id for product_id, _ in weights]
+        # Products with a neighbour list kept have their vector beside it; only the rest are read.
+        matrix, missing = self._neighbour_cache.vectors(version, ids)
+        if missing:
+            read, _ = await self.index.vectors(
+                version, [ids[row] for row in missing], state_key=self.store.state_key
+            )
+            matrix[missing] = read
         found = np.any(matrix, axis=1)  # not indexed yet, or no known term: nothing to blend
         if not found.any():
             return BlendNeighbours([], version, [], np.zeros((0, 0), dtype=np.float32))
@@ -454,12 +467,13 @@ class VectorService:
         if length == 0:
             return BlendNeighbours([], version, blended, rows)
         own = dict(kept)
-        hits = [
-            (product_id, cosine * length - own.get(product_id, 0.0))
-            for product_id, cosine in await self.index.knn_ids(
-                blend / length, k, Filters(), self.index.name(version)
-            )
-        ]
+        # The query checks the version itself: no read may have (every vector was kept).
+        nearest = await self.index.knn_ids(
+            blend / length, k, Filters(), self.index.name(version),
+            live=(self.store.state_key, version),
+        )  # fmt: skip
+        hits = [(product_id, cosine * length - own.get(product_id, 0.0))
+                for product_id, cosine in nearest]  # fmt: skip
         hits.sort(key=lambda hit: -hit[1])
         return BlendNeighbours(hits, version, blended, rows)
 
