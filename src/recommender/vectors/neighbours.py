@@ -93,7 +93,7 @@ class NeighbourCache:
         for row, product_id in enumerate(product_ids):
             slot = self._slots.get(product_id)
             found = None if slot is None else self._lists[slot]
-            if slot is None or found is None or found.version != version:
+            if found is None or found.version != version:
                 missing.append(row)
             else:
                 matrix[row] = self._vectors[slot]

@@ -427,6 +427,21 @@ class VectorService:
         ids = tuple(n.product_id for n in nearest)
         return vector, NeighbourList(version, depth, True, ids, tuple(n.score for n in nearest))
 
+    async def _vectors(
+        self, version: int, ids: Sequence[str], *, state_key: str = ""
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The products' vectors in that version as rows (zeros for one without): those kept
+        beside this process's neighbour lists, as current as the lists, and the rest read (with
+        the model state's key: only while `version` is live, else NotLiveError)."""
+        await self._vector_changes.follow()
+        matrix, missing = self._neighbour_cache.vectors(version, ids)
+        if missing:
+            read, _ = await self.index.vectors(
+                version, [ids[row] for row in missing], state_key=state_key
+            )
+            matrix[missing] = read
+        return matrix
+
     async def near_blend(self, weights: Sequence[tuple[str, float]], k: int) -> BlendNeighbours:
         """The k products nearest the weighted sum of the given products' vectors.
 
@@ -434,7 +449,6 @@ class VectorService:
         every given product's own neighbours would add up to, from one query instead of one
         per product (the vectors are unit length, so the sum is a dot product with the blend).
         """
-        await self._vector_changes.follow()  # the vectors kept are as current as the lists
         found = await self._at_live(
             lambda version: self._near_blend_at(version, weights, k)
         ) if weights else None  # fmt: skip
@@ -447,13 +461,7 @@ class VectorService:
     ) -> BlendNeighbours:
         """`near_blend` in that version's index, while it is live (else NotLiveError)."""
         ids = [product_id for product_id, _ in weights]
-        # Products with a neighbour list kept have their vector beside it; only the rest are read.
-        matrix, missing = self._neighbour_cache.vectors(version, ids)
-        if missing:
-            read, _ = await self.index.vectors(
-                version, [ids[row] for row in missing], state_key=self.store.state_key
-            )
-            matrix[missing] = read
+        matrix = await self._vectors(version, ids, state_key=self.store.state_key)
         found = np.any(matrix, axis=1)  # not indexed yet, or no known term: nothing to blend
         if not found.any():
             return BlendNeighbours([], version, [], np.zeros((0, 0), dtype=np.float32))
@@ -483,12 +491,7 @@ class VectorService:
         """For each product, the blended product whose weight x cosine adds most to its score."""
         if not near.blended or not product_ids:
             return {}
-        # Those with a neighbour list kept have their vector beside it, as current as the list.
-        await self._vector_changes.follow()
-        matrix, missing = self._neighbour_cache.vectors(near.version, product_ids)
-        if missing:
-            read, _ = await self.index.vectors(near.version, [product_ids[row] for row in missing])
-            matrix[missing] = read
+        matrix = await self._vectors(near.version, product_ids)
         shares = matrix @ near.rows.T  # a row per product, a column per blended product
         columns = {blended: column for column, blended in enumerate(near.blended)}
         for row, product_id in enumerate(product_ids):
