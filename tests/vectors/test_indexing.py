@@ -180,8 +180,8 @@ async def test_a_text_with_no_known_term_stays_out_of_the_vector_side(
     assert not np.any(vector)  # ...as nothing: no cosine to anyone
     hits = await services.vectors.neighbours("p0", 10)
     assert hits is not None
-    assert "odd" not in [hit.product_id for hit in hits]
-    assert all(not np.isnan(hit.score) for hit in hits)
+    assert "odd" not in [product_id for product_id, _ in hits]
+    assert all(not np.isnan(score) for _, score in hits)
     assert await services.vectors.neighbours("odd", 10) == []
     assert await services.vectors.index.indexed_versions(version, ["odd"]) == [1]
 
@@ -256,8 +256,8 @@ async def test_a_vector_change_patches_the_cached_neighbour_lists_it_enters(
     await services.catalog.create(ProductCreate(id="new", name="Grey wool scarf"))
     await drain()
     # The premise: the new scarf enters the red scarf's two nearest, and is no spade's.
-    assert await cosine(services, "new", "p0") > before[-1].score
-    assert await cosine(services, "new", "p3") < spade[-1].score
+    assert await cosine(services, "new", "p0") > before[-1][1]
+    assert await cosine(services, "new", "p3") < spade[-1][1]
     assert await vectors.neighbours("p3", 2) == spade
     patched = await vectors.neighbours("p0", 2)
     assert queries == ["p3", "p0"]  # both kept: the change patched one, no new query
@@ -265,8 +265,8 @@ async def test_a_vector_change_patches_the_cached_neighbour_lists_it_enters(
     fresh = await other_process.neighbours("p0", 2)
     assert patched is not None
     assert fresh is not None
-    assert [n.product_id for n in patched] == [n.product_id for n in fresh]
-    assert [n.score for n in patched] == pytest.approx([n.score for n in fresh], abs=1e-5)
+    assert [product_id for product_id, _ in patched] == [product_id for product_id, _ in fresh]
+    assert [score for _, score in patched] == pytest.approx([score for _, score in fresh], abs=1e-5)
     await services.catalog.delete("new")  # it leaves: the list's next nearest is unknown
     await drain()
     assert await vectors.neighbours("p0", 2) == before
@@ -289,7 +289,7 @@ async def test_a_gap_in_the_vector_change_log_clears_the_cached_neighbour_lists(
     await services.catalog.create(ProductCreate(id="far", name="Iron garden rake"))
     await drain()
     # The premise: alone, the "far" change would leave the list kept.
-    assert await cosine(services, "far", "p0") < before[-1].score
+    assert await cosine(services, "far", "p0") < before[-1][1]
     after = await vectors.neighbours("p0", 2)  # the next entry's epoch skips one: all cleared
     assert after != before
     fresh = build_services(redis, Keyspace(settings.redis.namespace), settings).vectors
@@ -309,7 +309,7 @@ async def test_a_text_with_no_known_term_leaves_the_vector_index(
     assert not np.any(vector)  # its old embedding went with the text that made it
     neighbours = await services.vectors.neighbours("p0", 10)
     assert neighbours is not None
-    assert "p2" not in [n.product_id for n in neighbours]
+    assert "p2" not in [product_id for product_id, _ in neighbours]
 
 
 @pytest.mark.asyncio

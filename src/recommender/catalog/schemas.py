@@ -101,6 +101,10 @@ class Product(ProductCreate, kw_only=True):
     updated_at: str
     version: int
 
+    def __post_init__(self) -> None:
+        """Nothing to redo: the category was normalised as the product was written, so reading
+        one (or building a recommendation from it) skips parsing it again."""
+
 
 class ProductPage(msgspec.Struct, kw_only=True):
     items: list[Product]

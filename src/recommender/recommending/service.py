@@ -116,7 +116,7 @@ class RecommendService:
             1.0, Reason(strategy="similar", anchor=product_id),
         )  # fmt: skip
         found = await self._ranked_list(blend, k, filters, set(), diversify=False)
-        more = len(neighbours) == depth and neighbours[-1].score >= threshold
+        more = len(neighbours) == depth and neighbours[-1][1] >= threshold
         if len(found.items) < k and more:  # out of stock or excluded: look past those kept
             return await self._similar_by_query(product_id, k, filters, threshold)
         return found
@@ -405,8 +405,10 @@ class RecommendService:
         held_back: list[RecommendedProduct] = []
         # Products come with their current state (catalog.change_check_seconds at most behind
         # another process's write): a deleted or changed one does not show stale.
-        for start in range(0, len(ranked), k * 2):
-            chunk = ranked[start : start + k * 2]
+        start, size = 0, k  # most lists pass whole; once one did not, read twice as far ahead
+        while start < len(ranked):
+            chunk = ranked[start : start + size]
+            start, size = start + size, k * 2
             ids = [product_id for product_id, _, _ in chunk]
             products = await self.catalog.get_many(ids, cached=True)
             for (_, score, reason), product in zip(chunk, products, strict=True):
