@@ -3,8 +3,7 @@
 import pytest
 
 from recommender.catalog import Product
-from recommender.recommending.fusion import Fused, fuse, name_match, one_side, query_words
-from recommender.vectors import Hit
+from recommender.recommending.fusion import Fused, Hit, fuse, name_match, one_side, query_words
 
 
 def product(product_id: str, name: str) -> Product:

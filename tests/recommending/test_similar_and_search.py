@@ -215,6 +215,24 @@ async def test_search_is_hybrid_and_marks_its_sources(
 
 
 @pytest.mark.asyncio
+async def test_search_shows_products_as_they_are_now_not_as_indexed(
+    client: AsyncTestClient, drain: Drain
+) -> None:
+    await load(client, drain, CATALOG)
+    url, query = "/api/v1/search", {"q": "ceramic mug", "in_stock": "true"}
+    assert "mug-blue" in ids(await client.get(url, params=query))
+    # No drain: the index still has the product as it was; the answer has it as it is.
+    await client.patch("/api/v1/products/mug-blue", json={"in_stock": False})
+    assert "mug-blue" not in ids(await client.get(url, params=query))
+    await client.patch("/api/v1/products/mug-blue", json={"in_stock": True, "price": 99})
+    found = (await client.get(url, params=query)).json()["items"]
+    assert [item["price"] for item in found if item["id"] == "mug-blue"] == [99]
+    assert "mug-blue" not in ids(await client.get(url, params={**query, "max_price": 50}))
+    await client.delete("/api/v1/products/mug-blue")
+    assert "mug-blue" not in ids(await client.get(url, params={"q": "ceramic mug"}))
+
+
+@pytest.mark.asyncio
 async def test_misspelled_query_gets_suggestions_and_alternatives(
     client: AsyncTestClient, drain: Drain
 ) -> None:

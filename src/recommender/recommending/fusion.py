@@ -24,7 +24,6 @@ from functools import lru_cache
 from typing import Literal
 
 from recommender.catalog import Product
-from recommender.vectors import Hit
 
 Matched = Literal["text", "vector", "text+vector"]
 
@@ -34,6 +33,14 @@ _WORD = re.compile(r"[^\W\d_]+|\d+")
 _MIN_PLURAL = 4
 # Names whose words are remembered: search results keep returning the same products.
 _NAMES_CACHED = 16_384
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A product one side of the search found, with that side's score."""
+
+    product: Product
+    score: float
 
 
 @dataclass(frozen=True, slots=True)

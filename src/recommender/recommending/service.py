@@ -14,7 +14,7 @@ from recommender.catalog import CatalogService, Product
 from recommender.config import Settings
 from recommender.platform.cache import PeriodicCache
 from recommender.platform.errors import InvalidInputError
-from recommender.recommending.fusion import fuse, one_side, query_words
+from recommender.recommending.fusion import Hit, fuse, one_side, query_words
 from recommender.recommending.schemas import (
     Completion,
     Completions,
@@ -149,9 +149,17 @@ class RecommendService:
         if not terms:
             raise InvalidInputError("q: needs at least one letter or digit")
         depth = k * self.search_settings.candidates_per_result
-        version, model, (lexical, semantic) = await self.vectors.search(
+        version, model, (lexical_ids, semantic_ids) = await self.vectors.search(
             query, [] if mode == "vector" else terms, mode != "bm25", depth, filters
         )
+        # Products come as the lists' do, current (a change since indexing is filtered again).
+        ids = list(dict.fromkeys(pid for pid, _ in (*lexical_ids, *semantic_ids)))
+        products = dict(zip(ids, await self.catalog.get_many(ids, cached=True), strict=True))
+        lexical, semantic = (
+            [Hit(product, score) for pid, score in side
+             if (product := products[pid]) is not None and filters.admits(product)]
+            for side in (lexical_ids, semantic_ids)
+        )  # fmt: skip
         # A term the index does not know but has a close neighbour of looks misspelled; one the
         # model learnt from the catalog is no misspelling, so most queries skip the round trips.
         corrections = (

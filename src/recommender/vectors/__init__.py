@@ -1,7 +1,7 @@
 """Product embeddings and the RediSearch HNSW index they live in."""
 
 from recommender.vectors.consumer import indexer
-from recommender.vectors.index import Filters, Hit, Neighbour, VectorIndex, text_terms
+from recommender.vectors.index import Filters, Neighbour, VectorIndex, text_terms
 from recommender.vectors.model import EmbeddingModel, ProductText, fit_model
 from recommender.vectors.repository import ModelStore
 from recommender.vectors.routes import ModelController
@@ -11,7 +11,6 @@ __all__ = [
     "BlendNeighbours",
     "EmbeddingModel",
     "Filters",
-    "Hit",
     "ModelController",
     "ModelStore",
     "Neighbour",
