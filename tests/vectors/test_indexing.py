@@ -23,6 +23,13 @@ async def add(services: Services, *names: str) -> None:
         await services.catalog.create(ProductCreate(id=f"p{i}", name=name))
 
 
+async def fitted(services: Services, drain: Drain, *names: str) -> None:
+    """Products p0, p1, ... with these names, indexed, and a model fitted on them."""
+    await add(services, *names)
+    await drain()
+    await services.vectors.refit(reason="test")
+
+
 async def cosine(services: Services, one: str, other: str) -> float:
     _, first = await services.vectors.stored_vector(one)
     _, second = await services.vectors.stored_vector(other)
@@ -170,9 +177,7 @@ async def test_only_one_refit_at_a_time(services: Services, drain: Drain) -> Non
 async def test_a_text_with_no_known_term_stays_out_of_the_vector_side(
     services: Services, drain: Drain
 ) -> None:
-    await add(services, "Red wool scarf", "Blue wool scarf", "Green wool scarf")
-    await drain()
-    await services.vectors.refit(reason="test")
+    await fitted(services, drain, "Red wool scarf", "Blue wool scarf", "Green wool scarf")
     await services.catalog.create(ProductCreate(id="odd", name="Qqqq"))
     await drain()
     version, vector = await services.vectors.stored_vector("odd")
@@ -324,12 +329,10 @@ async def test_a_stopped_service_starts_no_refit(services: Services, drain: Drai
 async def test_near_blend_sums_weighted_cosines_in_one_query(
     services: Services, drain: Drain
 ) -> None:
-    await add(
-        services, "White ceramic coffee mug", "Blue ceramic coffee mug", "Brass desk lamp",
+    await fitted(
+        services, drain, "White ceramic coffee mug", "Blue ceramic coffee mug", "Brass desk lamp",
         "Brass floor lamp", "Ceramic teapot", "Wool hiking socks",
     )  # fmt: skip
-    await drain()
-    await services.vectors.refit(reason="test")
     weights = [("p0", 0.75), ("p2", 0.25)]
     near = await services.vectors.near_blend(weights, 10)
     version, _ = await services.vectors.live_model()
@@ -359,12 +362,10 @@ async def test_near_blend_sums_weighted_cosines_in_one_query(
 async def test_strongest_blended_uses_vectors_as_current_as_the_index(
     services: Services, drain: Drain
 ) -> None:
-    await add(
-        services, "White ceramic coffee mug", "Brass desk lamp", "Blue ceramic coffee mug",
+    await fitted(
+        services, drain, "White ceramic coffee mug", "Brass desk lamp", "Blue ceramic coffee mug",
         "Brass floor lamp",
     )  # fmt: skip
-    await drain()
-    await services.vectors.refit(reason="test")
     near = await services.vectors.near_blend([("p0", 0.5), ("p1", 0.5)], 10)
     for product_id in ("p2", "p3"):  # their vectors are kept beside their neighbour lists
         await services.vectors.neighbours(product_id, 2)
@@ -378,9 +379,9 @@ async def test_strongest_blended_uses_vectors_as_current_as_the_index(
 async def test_near_blend_from_kept_vectors_moves_to_the_version_a_refit_made_live(
     services: Services, drain: Drain, redis: "aioredis.Redis", settings: Settings
 ) -> None:
-    await add(services, "White ceramic coffee mug", "Blue ceramic coffee mug", "Brass desk lamp")
-    await drain()
-    await services.vectors.refit(reason="test")
+    await fitted(
+        services, drain, "White ceramic coffee mug", "Blue ceramic coffee mug", "Brass desk lamp"
+    )
     # A process that has not yet seen the next swap: its lists and their vectors stay kept.
     hourly = msgspec.structs.replace(settings.vectors, neighbour_epoch_check_seconds=3600)
     unaware = msgspec.structs.replace(settings, vectors=hourly)
