@@ -2,9 +2,9 @@
 
 import asyncio
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
+from itertools import chain, islice
 from typing import Literal, TypeVar
 
 import msgspec
@@ -231,14 +231,15 @@ class RecommendService:
         )
         if kept is not None:
             # The head is kept with its anchors named: a later request has no vectors to do it.
-            head = candidates[: k * _KEPT_PER_ITEM]
-            named = await self._anchor_reasons([(p, r) for p, _, r in head], near, anchors)
+            size = k * _KEPT_PER_ITEM
+            head = list(islice(candidates, size + 1))  # one more tells whether there are more
+            named = await self._anchor_reasons([(p, r) for p, _, r in head[:size]], near, anchors)
             head = [(p, score, named.get(p, reason)) for p, score, reason in head]
-            candidates[: len(head)] = head
-            value = _Candidates(complete=len(head) == len(candidates), items=head)
+            value = _Candidates(complete=len(head) <= size, items=head[:size])
             await self.tracking.keep_derived(
                 shopper, name, kept.lease, _candidates_encoder.encode(value)
             )
+            candidates = chain(head, candidates)
         found, _ = await self._pick(candidates, k, filters)
         # Those still unnamed (all of them when nothing is kept) are named now.
         named = await self._anchor_reasons(
@@ -250,7 +251,7 @@ class RecommendService:
 
     async def _for_you_candidates(
         self, behaviour: Behaviour, k: int, category: str, exclude_purchased: bool
-    ) -> tuple[list["Candidate"], BlendNeighbours | None, list["_Anchor"]]:
+    ) -> tuple[Iterator["Candidate"], BlendNeighbours | None, list["_Anchor"]]:
         """Every candidate, best first; the content side and the anchors, to name reasons."""
         purchased = dict(behaviour.purchases)
         anchors = self._anchors(behaviour.history)
@@ -402,21 +403,20 @@ class RecommendService:
         return found
 
     async def _pick(
-        self, candidates: Sequence["Candidate"], k: int, filters: Filters, diversify: bool = True
+        self, candidates: Iterable["Candidate"], k: int, filters: Filters, diversify: bool = True
     ) -> tuple[RecommendationList, bool]:
         """The best k live products that pass the filters, no category filling the list; and
         whether that took every candidate (True: more candidates might have changed it)."""
-        ranked = [candidate for candidate in candidates if candidate[0] not in filters.exclude]
+        remaining = (candidate for candidate in candidates if candidate[0] not in filters.exclude)
         items: list[RecommendedProduct] = []
         per_category: dict[str, int] = {}
         cap = max(1, int(k * self.settings.max_category_share))
         held_back: list[RecommendedProduct] = []
         # Products come with their current state (catalog.change_check_seconds at most behind
         # another process's write): a deleted or changed one does not show stale.
-        start, size = 0, k  # most lists pass whole; once one did not, read twice as far ahead
-        while start < len(ranked):
-            chunk = ranked[start : start + size]
-            start, size = start + size, k * 2
+        size = k  # most lists pass whole; once one did not, read twice as far ahead
+        while chunk := list(islice(remaining, size)):
+            size = k * 2
             ids = [product_id for product_id, _, _ in chunk]
             products = await self.catalog.get_many(ids, cached=True)
             for (_, score, reason), product in zip(chunk, products, strict=True):
@@ -469,11 +469,12 @@ class _Blend:
                 best[product_id] = score
                 reasons[product_id] = reason
 
-    def ranked(self, leave_out: set[str]) -> list["Candidate"]:
-        """The candidates but those left out, best first."""
-        reasons = self.reasons
-        order = sorted(self.scores.items(), key=itemgetter(1), reverse=True)  # ties keep order
-        return [(p, score, reasons[p]) for p, score in order if p not in leave_out]
+    def ranked(self, leave_out: set[str]) -> Iterator["Candidate"]:
+        """The candidates but those left out, best first, each made as it is read: a list
+        reads a few dozen of several hundred, and each made is an allocation the GC counts."""
+        scores, reasons = self.scores, self.reasons
+        order = sorted(scores, key=scores.__getitem__, reverse=True)  # ties keep order
+        return ((p, scores[p], reasons[p]) for p in order if p not in leave_out)
 
     def scale(self, factors: Mapping[str, float], floor: float) -> None:
         """Multiply each candidate's score so far, and its best source's, by its factor + floor."""
