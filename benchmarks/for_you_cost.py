@@ -13,7 +13,8 @@ How (one private embedded Redis, everything in this process):
    `--users` users with history before the cutoff, each with and without their purchases
    excluded, one request at a time (warm-up: the first 20 requests, not counted).
    Settings come from config.toml and RECOMMENDER_* variables, as the service's do; each
-   `--variant` asks again with some [recommend] settings changed, on the same data.
+   `--variant` asks again with some [recommend] settings changed, on the same data. Every
+   pass computes its lists: the lists an earlier pass kept for its shoppers are dropped first.
 3. Print per request: wall time (percentiles), CPU time of this process (the service's Python
    plus the client library), Redis CPU (INFO's used_cpu_user + used_cpu_sys), Redis commands
    by name with the time spent in them (INFO commandstats; an EVALSHA's inner calls are counted
@@ -171,6 +172,15 @@ async def _warm_neighbours(recommend: RecommendService) -> None:
     print(f"neighbour lists of {count:,} products cached in {time.perf_counter() - started:.0f} s")
 
 
+async def _forget_kept_lists(client: "aioredis.Redis") -> None:
+    """Drop the ranked lists kept for each shopper: the pass before would answer from them."""
+    keyspace = Keyspace(NAMESPACE)
+    match = keyspace.escape(keyspace.key("derived:")) + "*"
+    kept = [key async for key in client.scan_iter(match=match, count=1000)]
+    if kept:
+        await client.delete(*kept)
+
+
 async def measure(users: int, cutoff: datetime, variants: list[dict[str, Any]], warm: bool) -> None:
     quiet_logs()
     with tempfile.TemporaryDirectory() as tmp, private_redis(Path(tmp) / "redis") as server:
@@ -190,6 +200,7 @@ async def measure(users: int, cutoff: datetime, variants: list[dict[str, Any]], 
             recommend = build_services(client, Keyspace(NAMESPACE), varied).recommend
             if warm:
                 await _warm_neighbours(recommend)
+            await _forget_kept_lists(client)
             await _measure(client, recommend, asks)
         await client.aclose()
 
