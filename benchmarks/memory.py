@@ -125,7 +125,6 @@ KIND_OF_HEAD = {
 PRODUCT_FIELDS = (("json: the product's JSON", ("json",)), ("version", ("version",)))
 VECTOR_FIELDS = (
     (f"embedding: {DIMS} float32", ("embedding",)),
-    ("doc: the product's JSON again", ("doc",)),
     ("text: name, description, category, brand", ("name", "description", "category_text",
                                                    "brand_text")),
     ("filters: pid, category paths, brand, stock, price, version", ("pid", "category", "brand",

@@ -200,8 +200,10 @@ class RecommendService:
         if not terms or len(terms[-1]) < _MIN_PREFIX:
             return Completions(query=query, items=[])
         version, _ = await self.vectors.live_model()
-        products = await self.vectors.complete(version, terms, k)
-        return Completions(query=query, items=[Completion(id=p.id, name=p.name) for p in products])
+        named = await self.vectors.complete(version, terms, k)
+        return Completions(
+            query=query, items=[Completion(id=product_id, name=name) for product_id, name in named]
+        )
 
     # -- personal and behavioural lists ---------------------------------------------------------
 

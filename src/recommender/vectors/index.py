@@ -1,14 +1,14 @@
 """The RediSearch HNSW index of vectors: an index per model version, an alias on the live one.
 
-    {ns}vec:{version}:{id}       hash: embedding, filter fields, text fields, version, doc (JSON)
+    {ns}vec:{version}:{id}       hash: embedding, filter fields, text fields, version
     {ns}idx:products:v{version}  the index over that prefix
     {ns}idx:products             alias of the live index
     {ns}vectors:epoch            counter of changes to the live index's vectors (and swaps)
     {ns}vectors:changes          stream of the latest of those: epoch, product, old, new vector
                                  (or epoch, swap); processes drop the cached lists they reach
 
-Searches answer ids and scores; the caller reads the products from its cache. Only autocomplete
-carries the product's public JSON (`doc`) back.
+Searches answer ids and scores; the caller reads the products from its cache (autocomplete, which
+shows names only, answers the indexed name).
 KNN and search queries run in Lua scripts that answer a few strings, not through redis-py's
 `ft().search`: its generic `Result`/`Document` building about doubled the client's CPU for a KNN
 300, and even hiredis's map per hit of a raw reply cost more than the rest of a search.
@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import msgspec
 import numpy as np
 import redis.asyncio as aioredis
 from redis.commands.search.field import NumericField, TagField, TextField, VectorField
@@ -164,9 +163,6 @@ local text_end = 3 + tonumber(ARGV[3])
 return {side(4, text_end), side(text_end + 1, #ARGV)}
 """
 )
-
-_doc_encoder = msgspec.json.Encoder()
-_doc_decoder = msgspec.json.Decoder(Product)
 
 
 def _blob(vector: np.ndarray[Any, Any]) -> bytes:
@@ -465,7 +461,6 @@ class VectorIndex:
             "category_text", product.category,
             "brand_text", product.brand,
             "version", product.version,
-            "doc", _doc_encoder.encode(product),
         ]  # fmt: skip
         if product.price is not None:
             fields += ["price", product.price]
@@ -579,12 +574,11 @@ class VectorIndex:
                     corrections.setdefault(_text(term), _text(best["suggestion"]))
         return corrections
 
-    async def complete(self, terms: Sequence[str], k: int, index: str) -> list[Product]:
-        """Products whose name has every term, the last one as a prefix."""
+    async def complete(self, terms: Sequence[str], k: int, index: str) -> list[tuple[str, str]]:
+        """(id, name) of products in stock whose name has every term, the last one as a prefix."""
         *whole, last = terms
         words = " ".join([*whole, f"{last}*"])
-        query = (
-            Query(f"@name:({words}) @in_stock:{{1}}").return_fields("doc").paging(0, k).dialect(2)
-        )
+        query = Query(f"@name:({words}) @in_stock:{{1}}").return_fields("pid", "name")
+        query = query.paging(0, k).dialect(2)
         result: Any = await self.client.ft(index).search(query)
-        return [_doc_decoder.decode(doc.doc) for doc in result.docs]
+        return [(doc.pid, doc.name) for doc in result.docs]

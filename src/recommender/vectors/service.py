@@ -540,5 +540,5 @@ class VectorService:
     async def spellcheck(self, version: int, terms: Sequence[str]) -> dict[str, str]:
         return await self.index.spellcheck(terms, self.index.name(version))
 
-    async def complete(self, version: int, terms: Sequence[str], k: int) -> list[Product]:
+    async def complete(self, version: int, terms: Sequence[str], k: int) -> list[tuple[str, str]]:
         return await self.index.complete(terms, k, self.index.name(version))
