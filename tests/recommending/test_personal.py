@@ -6,6 +6,8 @@ from typing import Any
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
 from litestar.testing import AsyncTestClient
 
 from conftest import Drain
@@ -117,6 +119,28 @@ async def test_for_you_is_kept_until_the_shoppers_next_event(
             await recommend.for_you(Shopper("user", "newcomer"), 4, Filters(in_stock=True))
         ).items
     ]  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_for_you_is_answered_when_keeping_it_fails(
+    client: AsyncTestClient, drain: Drain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keeping the candidates is written after the answer; a Redis failure there is logged."""
+    await setup(client, drain)
+    url = "/api/v1/users/newcomer/recommendations"
+
+    async def unreachable(*args: object, **kwargs: object) -> object:
+        raise redis.exceptions.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(client.app.state.tracking, "keep_derived", unreachable)
+    with structlog.testing.capture_logs() as logs:
+        answered = await client.get(url, params={"k": 4})
+    assert answered.status_code == 200
+    assert len(ids(answered)) == 4
+    warned = [(e["event"], e["error"]) for e in logs if e["log_level"] == "warning"]
+    assert warned == [("for_you_not_kept", "Redis went away")]
+    monkeypatch.undo()
+    assert ids(await client.get(url, params={"k": 4})) == ids(answered)
 
 
 @pytest.mark.asyncio

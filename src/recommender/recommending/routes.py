@@ -4,7 +4,8 @@ import dataclasses
 import re
 from typing import Annotated
 
-from litestar import Controller, get
+from litestar import Controller, Response, get
+from litestar.background_tasks import BackgroundTask, BackgroundTasks
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import Parameter
@@ -12,7 +13,7 @@ from litestar.params import Parameter
 from recommender.catalog.schemas import ID_PATTERN, Category, normalise_category
 from recommender.platform.errors import InvalidInputError
 from recommender.recommending.schemas import Completions, RecommendationList, SearchResult
-from recommender.recommending.service import RecommendService, SearchMode
+from recommender.recommending.service import Deferred, RecommendService, SearchMode
 from recommender.tracking import Shopper
 from recommender.vectors import Filters
 
@@ -97,8 +98,9 @@ class RecommendController(Controller):
         where: NamedDependency[Filters],
         k: K = 10,
         exclude_purchased: ExcludePurchased = True,
-    ) -> RecommendationList:
-        return await _service(state).for_you(Shopper("user", user_id), k, where, exclude_purchased)
+    ) -> Response[RecommendationList]:
+        shopper = Shopper("user", user_id)
+        return await _for_you(_service(state), shopper, k, where, exclude_purchased)
 
     @get("/sessions/{session_id:str}/recommendations", summary="For you: an anonymous shopper")
     async def for_session(
@@ -108,9 +110,9 @@ class RecommendController(Controller):
         where: NamedDependency[Filters],
         k: K = 10,
         exclude_purchased: ExcludePurchased = True,
-    ) -> RecommendationList:
+    ) -> Response[RecommendationList]:
         shopper = Shopper("session", session_id)
-        return await _service(state).for_you(shopper, k, where, exclude_purchased)
+        return await _for_you(_service(state), shopper, k, where, exclude_purchased)
 
     @get("/users/{user_id:str}/buy-again", summary="The user's repeat purchases")
     async def buy_again(
@@ -186,3 +188,14 @@ def _in_category(where: Filters, path: str) -> Filters:
     except ValueError as error:
         raise InvalidInputError(str(error)) from error
     return dataclasses.replace(where, category=category)
+
+
+async def _for_you(
+    service: RecommendService, shopper: Shopper, k: int, where: Filters, exclude_purchased: bool
+) -> Response[RecommendationList]:
+    """The list, answered before the write that keeps its candidates (the shopper need not wait
+    for it: under load a round trip is a few ms)."""
+    writes: list[Deferred] = []
+    found = await service.for_you(shopper, k, where, exclude_purchased, later=writes.append)
+    background = BackgroundTasks([BackgroundTask(write) for write in writes]) if writes else None
+    return Response(found, background=background)

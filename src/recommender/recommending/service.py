@@ -2,13 +2,17 @@
 
 import asyncio
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain, islice
 from typing import Literal, TypeVar
 
 import msgspec
 import numpy as np
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recommender.catalog import CatalogService, Product
 from recommender.config import Settings
@@ -27,7 +31,11 @@ from recommender.tracking import Behaviour, HistoryEntry, Shopper, TrackingServi
 from recommender.vectors import BlendNeighbours, Filters, VectorService, text_terms
 
 SearchMode = Literal["hybrid", "bm25", "vector"]
+# A write the answer does not depend on, handed to a caller that can make it after answering.
+Deferred = Callable[[], Awaitable[None]]
 _T = TypeVar("_T")
+
+log = structlog.get_logger()
 
 # Autocomplete needs a prefix RediSearch will expand (its minimum prefix is 2 characters).
 _MIN_PREFIX = 2
@@ -208,13 +216,19 @@ class RecommendService:
     # -- personal and behavioural lists ---------------------------------------------------------
 
     async def for_you(
-        self, shopper: Shopper, k: int, filters: Filters, exclude_purchased: bool = True
+        self,
+        shopper: Shopper,
+        k: int,
+        filters: Filters,
+        exclude_purchased: bool = True,
+        later: Callable[[Deferred], None] | None = None,
     ) -> RecommendationList:
         """Blend what the shopper's recent products lead to; popular items for a stranger.
 
         The ranked candidates are kept until the shopper's next event, for at most
         `for_you_cache_seconds`; products are read (`catalog.change_check_seconds` at most behind
-        the catalog) and filtered on every request.
+        the catalog) and filtered on every request. Keeping computed candidates is handed to
+        `later` when given (a route writes after answering), else awaited.
         """
         seconds = self.settings.for_you_cache_seconds
         name = f"for_you:{k}:{int(exclude_purchased)}:{filters.category}"
@@ -238,9 +252,11 @@ class RecommendService:
             named = await self._anchor_reasons([(p, r) for p, _, r in head[:size]], near, anchors)
             head = [(p, score, named.get(p, reason)) for p, score, reason in head]
             value = _Candidates(complete=len(head) <= size, items=head[:size])
-            await self.tracking.keep_derived(
-                shopper, name, kept.lease, _candidates_encoder.encode(value)
-            )
+            keep = partial(self._keep, shopper, name, kept.lease, _candidates_encoder.encode(value))
+            if later is None:
+                await keep()
+            else:
+                later(keep)
             candidates = chain(head, candidates)
         found, _ = await self._pick(candidates, k, filters)
         # Those still unnamed (all of them when nothing is kept) are named now.
@@ -250,6 +266,13 @@ class RecommendService:
         for item in found.items:
             item.reason = named.get(item.id, item.reason)
         return found
+
+    async def _keep(self, shopper: Shopper, name: str, lease: str, value: bytes) -> None:
+        """Keep a shopper's computed candidates; if Redis fails, the next request computes them."""
+        try:
+            await self.tracking.keep_derived(shopper, name, lease, value)
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            log.warning("for_you_not_kept", shopper=shopper.kind, error=str(error))
 
     async def _for_you_candidates(
         self, behaviour: Behaviour, k: int, category: str, exclude_purchased: bool
