@@ -43,6 +43,9 @@ def test_start_serves_search_and_close_stops_the_process(tmp_path: Path) -> None
     assert client.execute_command("FT._LIST") == []
     assert client.config_get("appendonly") == {"appendonly": "yes"}
     assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+    # A vector document's hash, embedding and all, is kept compact.
+    client.hset("doc", mapping={"embedding": bytes(1536), "name": "Brass desk lamp"})
+    assert client.object("encoding", "doc") == b"listpack"
     client.close()
     server.close()
     assert not pid_alive(pid)

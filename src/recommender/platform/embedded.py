@@ -225,6 +225,8 @@ class EmbeddedRedis:
             "--appendonly", "yes",
             "--appendfsync", self.settings.appendfsync,
             "--save", "",
+            # Keep hashes with values up to 2 KB (a 384-float embedding is 1,536 B) compact.
+            "--hash-max-listpack-value", "2048",
             "--loadmodule", str(module),
         ]  # fmt: skip
         with self.log_file.open("ab") as early_output:  # errors before its log file is open
