@@ -172,13 +172,10 @@ async def _warm_neighbours(recommend: RecommendService) -> None:
     print(f"neighbour lists of {count:,} products cached in {time.perf_counter() - started:.0f} s")
 
 
-async def _forget_kept_lists(client: "aioredis.Redis") -> None:
-    """Drop the ranked lists kept for each shopper: the pass before would answer from them."""
-    keyspace = Keyspace(NAMESPACE)
-    match = keyspace.escape(keyspace.key("derived:")) + "*"
-    kept = [key async for key in client.scan_iter(match=match, count=1000)]
-    if kept:
-        await client.delete(*kept)
+async def _forget_kept_lists(recommend: RecommendService, shoppers: list[Shopper]) -> None:
+    """Drop the ranked lists kept for these shoppers: the pass before would answer from them."""
+    tracking = recommend.tracking.repository
+    await tracking.client.delete(*(tracking.derived_key(s.kind, s.id) for s in shoppers))
 
 
 async def measure(users: int, cutoff: datetime, variants: list[dict[str, Any]], warm: bool) -> None:
@@ -200,7 +197,7 @@ async def measure(users: int, cutoff: datetime, variants: list[dict[str, Any]], 
             recommend = build_services(client, Keyspace(NAMESPACE), varied).recommend
             if warm:
                 await _warm_neighbours(recommend)
-            await _forget_kept_lists(client)
+            await _forget_kept_lists(recommend, shoppers)
             await _measure(client, recommend, asks)
         await client.aclose()
 
