@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from benchmarks import faults
 from conftest import Drain
@@ -112,6 +113,34 @@ async def test_a_refit_whose_process_died_is_taken_over(
     assert state.live not in (None, live, dead)
     assert index.name(dead).encode() not in await redis.execute_command("FT._LIST")
     assert await redis.exists(store.model_key(dead)) == 0
+
+
+@pytest.mark.asyncio
+async def test_the_refit_watch_ends_when_a_redis_call_absorbed_its_cancel(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel landing in a Redis call can come out as a Redis error; the watch still ends."""
+    reading = asyncio.Event()
+
+    async def absorbing_state() -> Any:
+        reading.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError as cancel:
+            raise redis.exceptions.TimeoutError("Timeout reading from socket") from cancel
+
+    monkeypatch.setattr(services.vectors.store, "state", absorbing_state)
+    watcher = asyncio.create_task(services.vectors.refit_when_due(check_seconds=0.01))
+    await reading.wait()
+    watcher.cancel()
+    try:
+        await asyncio.wait({watcher}, timeout=5)
+        assert watcher.cancelled()
+    finally:
+        monkeypatch.undo()  # a watch that went on is cancelled in its sleep, for the next test
+        while not watcher.done():
+            watcher.cancel()
+            await asyncio.wait({watcher}, timeout=0.1)
 
 
 @pytest.mark.asyncio

@@ -229,7 +229,10 @@ class VectorService:
 
     async def refit_when_due(self, check_seconds: float) -> None:
         """Runs for the app's life: a catalog that changed and then went quiet still gets refit."""
-        while True:
+        this = asyncio.current_task()
+        # Until cancelled, even by a cancel a Redis call absorbed (seen: a test's watcher then
+        # looped on and its await of it hung): the task still counts the request.
+        while this is None or not this.cancelling():
             await asyncio.sleep(check_seconds)
             try:
                 state = await self.store.state()
@@ -243,6 +246,7 @@ class VectorService:
                     self.start_refit(reason="catalog changed")
             except RedisError as error:
                 log.warning("refit_check_failed", error=str(error))
+        raise asyncio.CancelledError
 
     def start_refit(self, reason: str) -> None:
         """Refit in the background of this process, unless one is already running here."""
