@@ -1,11 +1,17 @@
-"""Running one script many times in one round trip, against a real Redis."""
+"""The client's writes, and running one script many times in one round trip."""
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from recommender.platform.redis import Keyspace, run_script_many
+from recommender.config import RedisSettings
+from recommender.platform.redis import Keyspace, create_client, run_script_many
 
 # Appends ARGV[1] to the list KEYS[1]; its new length. ARGV[1] == 'fail' raises instead.
 _APPEND = """
@@ -64,3 +70,52 @@ async def test_an_error_is_raised_after_every_call_has_run(
 
     assert await redis.lrange(key, 0, -1) == [b"a", b"b"]
     assert await run_script_many(redis, append, []) == []
+
+
+@pytest.mark.asyncio
+async def test_a_command_starts_no_task_to_write_itself(redis_url: str) -> None:
+    client = create_client(RedisSettings(), redis_url)
+    await client.ping()  # connected
+    loop = asyncio.get_running_loop()
+    started: list[Coroutine[Any, Any, Any]] = []
+
+    def counting(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
+    ) -> "asyncio.Task[Any]":
+        started.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)  # type: ignore[arg-type]
+    try:
+        assert await client.ping()
+    finally:
+        loop.set_task_factory(None)
+        await client.aclose()
+
+    assert started == []
+
+
+@pytest.mark.asyncio
+async def test_a_write_the_server_does_not_take_fails_after_the_socket_timeout() -> None:
+    async def answer_small_commands_then_stall(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        # Answers the handshake and health check (PONG does for both), then stops reading at a
+        # large command.
+        while (chunk := await reader.read(1 << 16)) and len(chunk) < 1 << 15:
+            writer.write(b"+PONG\r\n" * (chunk.startswith(b"*") + chunk.count(b"\r\n*")))
+        await asyncio.Event().wait()
+
+    server = await asyncio.start_server(answer_small_commands_then_stall, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = create_client(
+        RedisSettings(socket_timeout_seconds=0.2, retries=0), f"redis://127.0.0.1:{port}"
+    )
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RedisTimeoutError, match="writing"):
+            await client.set("key", b"x" * (64 << 20))  # more than the socket buffers hold
+        assert asyncio.get_running_loop().time() - started < 5  # the timeout, not a hang
+    finally:
+        await client.aclose()
+        server.close()
