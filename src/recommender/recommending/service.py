@@ -281,10 +281,10 @@ class RecommendService:
         purchased = dict(behaviour.purchases)
         anchors = self._anchors(behaviour.history)
         blend = _Blend()
-        near, category = await asyncio.gather(
-            self._add_neighbours(blend, anchors),
-            _given(category) if category else self._favourite_category(anchors),
-        )
+        near = await self._add_neighbours(blend, anchors)
+        # After, not beside: the anchors are cached products, and a gather costs the loop turns
+        # of two more tasks (the tail of a computed list, under load).
+        category = category or await self._favourite_category(anchors)
         if not exclude_purchased:
             blend.add(
                 purchased.items(), self.settings.buy_again_weight, Reason(strategy="buy_again")
