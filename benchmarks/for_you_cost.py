@@ -63,27 +63,29 @@ WARM_UP = 20
 
 
 class _SendCounter:
-    """Counts packed sends (round trips) on every async connection while installed."""
+    """Counts packed sends (round trips) on every async connection while installed.
+
+    It counts the write every send goes through when the connection has a socket timeout
+    (`create_client` always sets one): the service's connections override the public send.
+    """
 
     def __init__(self) -> None:
         self.sends = 0
-        self._original = AbstractConnection.send_packed_command
+        self._original = AbstractConnection._send_packed_command
 
     def __enter__(self) -> "_SendCounter":
         original = self._original
         counter = self
 
-        async def counted(
-            connection: AbstractConnection, command: Any, check_health: bool = True
-        ) -> None:
+        async def counted(connection: AbstractConnection, command: Any) -> None:
             counter.sends += 1
-            await original(connection, command, check_health)
+            await original(connection, command)
 
-        AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+        AbstractConnection._send_packed_command = counted  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *_: object) -> None:
-        AbstractConnection.send_packed_command = self._original  # type: ignore[method-assign]
+        AbstractConnection._send_packed_command = self._original  # type: ignore[method-assign]
 
 
 async def _load(services: Services, work: Path, cutoff: datetime) -> list[Shopper]:
