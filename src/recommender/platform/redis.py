@@ -48,8 +48,9 @@ class Keyspace:
 class _TimedWrite(AbstractConnection):
     """Writes a command under `asyncio.timeout`, where redis-py uses `asyncio.wait_for`: on
     Python 3.11 that starts a task for every command's write (3.12's starts none), and the
-    caller waits two more turns of the event loop for it. Measured at 1,000 req/s: 9-18% less
-    service CPU per request, and about half the p99 on every read."""
+    caller waits two more turns of the event loop for it. Measured at 1,000 req/s, in pairs: when
+    the machine was slow, 9-18% less service CPU per request and half the p99 of every read;
+    when it was fast, the pairs were mixed."""
 
     async def send_packed_command(
         self, command: bytes | str | Iterable[bytes], check_health: bool = True
