@@ -96,22 +96,23 @@ _TIMED_WRITES: dict[type[AbstractConnection], type[AbstractConnection]] = {
 
 
 def create_client(settings: RedisSettings, url: str) -> "aioredis.Redis":
-    """A pooled client that retries with capped backoff when the connection drops."""
+    """A pooled client that reconnects with capped backoff when the connection drops; closing
+    it closes its connections."""
     options: dict[str, Any] = {
         "max_connections": settings.max_connections,
         "timeout": settings.socket_timeout_seconds,
         "socket_timeout": settings.socket_timeout_seconds,
         "socket_connect_timeout": settings.connect_timeout_seconds,
         "health_check_interval": 30,
+        # A command retries on its connection's policy (a client's own applies only to a pool it
+        # made itself): a dropped connection, not a slow command, which might have run.
+        "retry": Retry(
+            ExponentialBackoff(cap=1.0, base=0.05), settings.retries, (RedisConnectionError,)
+        ),
         **parse_url(url),  # the URL's own options win, as in `from_url`
     }
     options["connection_class"] = _TIMED_WRITES[options.get("connection_class", Connection)]
-    pool = aioredis.BlockingConnectionPool(**options)
-    return aioredis.Redis(
-        connection_pool=pool,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), settings.retries),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
+    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool(**options))
 
 
 # A script's keys and arguments for one run.
