@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import msgspec
 import structlog
 import threadpoolctl
 from litestar import Litestar
@@ -72,6 +73,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         embedded.supervise()
         url = embedded.url
     client = create_client(settings.redis, url)
+    # Readiness says how Redis is now: its probe does not wait out the reconnects a request makes.
+    probe = create_client(msgspec.structs.replace(settings.redis, retries=0), url)
     runners: list[StreamRunner] = app.state.runners
     background: list[asyncio.Task[None]] = []
     # One event loop per core: a second BLAS thread would only spin after each matrix product
@@ -82,6 +85,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = build_services(client, app.state.keyspace, settings)
         app.state.update(
             redis=client,
+            redis_probe=probe,
             catalog=services.catalog,
             vectors=services.vectors,
             tracking=services.tracking,
@@ -116,6 +120,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if "vectors" in app.state:
             await app.state.vectors.stop()
         await client.aclose()
+        await probe.aclose()
         if embedded is not None:
             await asyncio.to_thread(embedded.close)
         blas.restore_original_limits()
@@ -150,7 +155,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         dependencies={
             name: _from_state(name)
-            for name in ("redis", "catalog", "vectors", "tracking", "recommend")
+            for name in ("redis", "redis_probe", "catalog", "vectors", "tracking", "recommend")
         },
         state=State(
             {

@@ -36,14 +36,14 @@ class HealthController(Controller):
 
     @get("/ready", summary="Redis reachable, search module loaded, stream consumers running")
     async def ready(
-        self, state: State, redis: NamedDependency["aioredis.Redis"]
+        self, state: State, redis_probe: NamedDependency["aioredis.Redis"]
     ) -> Response[Readiness]:
         checks: dict[str, str] = {}
         try:
-            # Answer within the probe's patience even while the client retries a dead server.
+            # Answer within the probe's patience even while a command waits on a hung server.
             async with asyncio.timeout(2.0):
-                await redis.ping()
-                has_search = await search_module_loaded(redis)
+                await redis_probe.ping()
+                has_search = await search_module_loaded(redis_probe)
             checks["redis"] = "ok"
             checks["search_module"] = "ok" if has_search else "not loaded"
         except (RedisError, TimeoutError) as error:
