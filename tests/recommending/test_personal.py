@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
 
 from conftest import Drain
 from recommender.config import Settings
@@ -119,6 +120,31 @@ async def test_for_you_is_kept_until_the_shoppers_next_event(
             await recommend.for_you(Shopper("user", "newcomer"), 4, Filters(in_stock=True))
         ).items
     ]  # fmt: skip
+
+
+def for_you_lists() -> dict[str, float]:
+    return {
+        source: REGISTRY.get_sample_value("recommender_for_you_lists_total", {"source": source})
+        or 0.0
+        for source in ("kept", "computed")
+    }
+
+
+@pytest.mark.asyncio
+async def test_metrics_count_kept_and_computed_for_you_lists(
+    client: AsyncTestClient, drain: Drain
+) -> None:
+    await setup(client, drain)
+    url = "/api/v1/users/newcomer/recommendations"
+    before = for_you_lists()
+    await client.get(url)
+    await client.get(url)
+    await client.post("/api/v1/events", json=event("view", "newcomer", "boots", 41))
+    await client.get(url)  # the event dropped the kept list
+    after = for_you_lists()
+    assert {source: after[source] - before[source] for source in after} == {
+        "kept": 1, "computed": 2
+    }  # fmt: skip
 
 
 @pytest.mark.asyncio

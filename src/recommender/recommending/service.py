@@ -11,6 +11,7 @@ from typing import Literal, TypeVar
 import msgspec
 import numpy as np
 import structlog
+from prometheus_client import Counter
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -36,6 +37,15 @@ Deferred = Callable[[], Awaitable[None]]
 _T = TypeVar("_T")
 
 log = structlog.get_logger()
+
+FOR_YOU_LISTS = Counter(
+    "recommender_for_you_lists",
+    '"For you" lists answered, by source: "kept" (the shopper\'s candidates kept since their '
+    'last event) or "computed".',
+    ["source"],
+)
+_KEPT_LISTS = FOR_YOU_LISTS.labels(source="kept")
+_COMPUTED_LISTS = FOR_YOU_LISTS.labels(source="computed")
 
 # Autocomplete needs a prefix RediSearch will expand (its minimum prefix is 2 characters).
 _MIN_PREFIX = 2
@@ -237,7 +247,9 @@ class RecommendService:
             cached = _candidates_decoder.decode(kept.value)
             found, exhausted = await self._pick(cached.items, k, filters)
             if cached.complete or not exhausted:
+                _KEPT_LISTS.inc()
                 return found
+        _COMPUTED_LISTS.inc()
         behaviour = (
             kept.behaviour if kept is not None and kept.behaviour is not None
             else await self.tracking.behaviour(shopper)
