@@ -179,6 +179,8 @@ class Bench:
         client = redis.Redis.from_url(under.redis_url) if under.redis_url else None
         try:
             routes_before = _scrape(under.url) if under.routes and phase == "mix" else None
+            asks_for_you = any(job.target in {"mix", "for_you"} for job in jobs)
+            lists_before = _scrape_for_you_lists(under.url) if asks_for_you else None
             commands_before = metrics.redis_commands(client) if client else None
             meter = CpuMeter(under.service_pid, under.redis_pid)
             if probe is not None:
@@ -197,6 +199,13 @@ class Bench:
             routes = []
             if routes_before is not None:
                 routes = metrics.route_latencies(routes_before, _scrape(under.url))
+            lists: dict[str, int] = {}
+            if lists_before is not None:
+                lists_after = _scrape_for_you_lists(under.url)
+                lists = {
+                    source: int(count - lists_before.get(source, 0.0))
+                    for source, count in lists_after.items()
+                }
         finally:
             if client is not None:
                 client.close()
@@ -213,6 +222,7 @@ class Bench:
             backlog=backlog,
             drain_seconds=drain_seconds,
             freshness=probe.result() if probe is not None else None,
+            for_you_lists=lists,
         )
         self.runs.append(run)
         summary = ", ".join(f"{r.target} {r.rps:,.0f}/s p99 {r.p99_ms:.1f} ms" for r in results)
@@ -353,6 +363,10 @@ def _ratio(value: float, ceiling: float | None) -> float | None:
 
 def _scrape(url: str) -> metrics.Histograms:
     return metrics.route_histograms(httpx.get(f"{url}/metrics", timeout=30.0).text)
+
+
+def _scrape_for_you_lists(url: str) -> dict[str, float]:
+    return metrics.for_you_lists(httpx.get(f"{url}/metrics", timeout=30.0).text)
 
 
 def _progress(message: str) -> None:

@@ -2,7 +2,8 @@
 
 Stream progress: `recommender_stream_lag` and `recommender_stream_pending` (gauges, refreshed by
 each consumer every `streams.trim_interval_seconds`) and `recommender_stream_processed_total`
-(a live counter). Server-side latency per route: the difference of two scrapes of
+(a live counter). "For you" lists kept or computed: `recommender_for_you_lists_total`, summed
+over the workers. Server-side latency per route: the difference of two scrapes of
 `recommender_request_duration_seconds` (Litestar's histogram, labelled by route template), with
 quantiles interpolated linearly inside a bucket, so they are only as fine as the buckets. Each
 process keeps its own registry: with several workers a scrape shows one of them, so the route
@@ -26,6 +27,8 @@ STREAM_SAMPLES = {
     "recommender_stream_processed_total": "processed",
 }
 
+FOR_YOU_LISTS = "recommender_for_you_lists_total"
+
 Histograms = dict[str, dict[float, float]]  # route -> upper bound -> cumulative count
 
 
@@ -38,6 +41,17 @@ def stream_metrics(text: str) -> dict[str, dict[str, float]]:
                 stream = sample.labels["stream"].split(":", 1)[-1]  # drop the namespace
                 by_stream = found[STREAM_SAMPLES[sample.name]]
                 by_stream[stream] = by_stream.get(stream, 0.0) + sample.value
+    return found
+
+
+def for_you_lists(text: str) -> dict[str, float]:
+    """ "For you" lists answered so far, by source (kept, computed), summed over processes."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == FOR_YOU_LISTS:
+                source = sample.labels["source"]
+                found[source] = found.get(source, 0.0) + sample.value
     return found
 
 

@@ -35,6 +35,7 @@ class Run(msgspec.Struct, kw_only=True):
     backlog: int = 0  # stream entries the consumers had still to process when the run ended
     drain_seconds: float = 0.0  # how long they then took (the next run waited for it)
     freshness: Freshness | None = None  # what the freshness probe saw during the run
+    for_you_lists: dict[str, int] = {}  # "for you" lists answered in the run, by source
 
 
 class ServerInfo(msgspec.Struct, kw_only=True):
@@ -175,11 +176,20 @@ def _section(title: str, runs: list[Run]) -> list[str]:
     return lines
 
 
+def _for_you_lists(run: Run) -> list[str]:
+    """How the run's "for you" lists were answered: a computed one costs far more."""
+    kept, computed = run.for_you_lists.get("kept", 0), run.for_you_lists.get("computed", 0)
+    if not kept + computed:
+        return []
+    share = computed / (kept + computed)
+    return [f'  "for you" lists: {kept:,} kept, {computed:,} computed ({share:.0%} computed)']
+
+
 def _mix_details(run: Run) -> list[str]:
     result = run.results[0]
     total = sum(result.sent.values()) or 1
     shares = ", ".join(f"{name} {count / total:.1%}" for name, count in result.sent.items())
-    lines = [f"  sent: {shares}"]
+    lines = [f"  sent: {shares}", *_for_you_lists(run)]
     if run.routes:
         lines.append(
             "  server-side latency per route in this mix (/metrics histogram, "
@@ -239,6 +249,7 @@ def _fixed_rate(run: Run) -> list[str]:
     ]
     lines = [_table(headers, rows), _cpu(run)]
     lines.append(f"  CPU ms per request answered, service/Redis: {_cpu_per_request(run)}")
+    lines += _for_you_lists(run)
     if run.redis is not None:
         lines.append(
             f"  Redis per request: {_redis_cell(run)} commands/us; stream backlog at the end: "
