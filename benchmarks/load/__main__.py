@@ -31,9 +31,10 @@ compare phase does within a run):
    same data and an embedded Redis the benchmark starts: the HTTP ceiling, the mix at
    saturation and the mix at a fixed rate.
 For every wrk run: the CPU used by the service, Redis and wrk (`benchmarks.load.servers`), and
-the Redis commands executed per request (`benchmarks.load.metrics`). Everything is printed as
-tables at the end and written as JSON (`--json`). Only 127.0.0.1 is ever contacted; every run
-is bounded in time (wrk's -d) and every wait has a deadline.
+the Redis commands executed per request (`benchmarks.load.metrics`); for runs that ask for
+"for you", how many lists were kept and how many computed (the service's /metrics). Everything
+is printed as tables at the end and written as JSON (`--json`). Only 127.0.0.1 is ever
+contacted; every run is bounded in time (wrk's -d) and every wait has a deadline.
 """
 
 import argparse
