@@ -32,9 +32,10 @@ compare phase does within a run):
    saturation and the mix at a fixed rate.
 For every wrk run: the CPU used by the service, Redis and wrk (`benchmarks.load.servers`), and
 the Redis commands executed per request (`benchmarks.load.metrics`); for runs that ask for
-"for you", how many lists were kept and how many computed (the service's /metrics). Everything
-is printed as tables at the end and written as JSON (`--json`). Only 127.0.0.1 is ever
-contacted; every run is bounded in time (wrk's -d) and every wait has a deadline.
+"for you", how many lists were kept and how many computed (the service's /metrics); and whether
+Redis forked a child (an AOF rewrite) meanwhile. Everything is printed as tables at the end
+and written as JSON (`--json`). Only 127.0.0.1 is ever contacted; every run is bounded in time
+(wrk's -d) and every wait has a deadline.
 """
 
 import argparse
@@ -183,6 +184,7 @@ class Bench:
             asks_for_you = any(job.target in {"mix", "for_you"} for job in jobs)
             lists_before = _scrape_for_you_lists(under.url) if asks_for_you else None
             commands_before = metrics.redis_commands(client) if client else None
+            forks_before = metrics.redis_forks(client) if client else None
             meter = CpuMeter(under.service_pid, under.redis_pid)
             if probe is not None:
                 probe.start(max(job.seconds for job in jobs))
@@ -197,6 +199,10 @@ class Bench:
             if client is not None and commands_before is not None:
                 after = metrics.redis_commands(client)
                 work = metrics.redis_work(commands_before, after, answered)
+            children = 0
+            if client is not None and forks_before is not None:
+                forked, running = forks_before
+                children = metrics.redis_forks(client)[0] - forked + running
             routes = []
             if routes_before is not None:
                 routes = metrics.route_latencies(routes_before, _scrape(under.url))
@@ -224,6 +230,7 @@ class Bench:
             drain_seconds=drain_seconds,
             freshness=probe.result() if probe is not None else None,
             for_you_lists=lists,
+            redis_children=children,
         )
         self.runs.append(run)
         summary = ", ".join(f"{r.target} {r.rps:,.0f}/s p99 {r.p99_ms:.1f} ms" for r in results)

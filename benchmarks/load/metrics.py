@@ -9,7 +9,8 @@ quantiles interpolated linearly inside a bucket, so they are only as fine as the
 process keeps its own registry: with several workers a scrape shows one of them, so the route
 figures are taken from single-process servers only. Redis's work per request: the difference
 of two `INFO commandstats` (calls and microseconds per command) over the requests answered; it
-includes what the stream consumers did meanwhile. The stream backlog comes from XINFO GROUPS.
+includes what the stream consumers did meanwhile. The stream backlog comes from XINFO GROUPS;
+the children Redis forked (AOF rewrites) from INFO's total_forks.
 """
 
 import math
@@ -149,6 +150,16 @@ def redis_work(before: CommandStats, after: CommandStats, requests: int) -> Redi
         usec_per_request=round(usec / per, 1),
         top={name: round(count / per, 2) for name, count in top},
     )
+
+
+def redis_forks(client: "redis.Redis") -> tuple[int, bool]:
+    """The children Redis has forked since it started (AOF rewrites, snapshots), and whether
+    one is running now. A child takes most of a core for a second or more, which the CPU
+    figures count as 'other' (it is not the Redis process)."""
+    forks = int(client.info("stats")["total_forks"])
+    persistence = client.info("persistence")
+    running = bool(persistence["aof_rewrite_in_progress"] or persistence["rdb_bgsave_in_progress"])
+    return forks, running
 
 
 def stream_backlog(client: "redis.Redis", streams: list[str]) -> int:

@@ -36,6 +36,7 @@ class Run(msgspec.Struct, kw_only=True):
     drain_seconds: float = 0.0  # how long they then took (the next run waited for it)
     freshness: Freshness | None = None  # what the freshness probe saw during the run
     for_you_lists: dict[str, int] = {}  # "for you" lists answered in the run, by source
+    redis_children: int = 0  # AOF rewrites or snapshots Redis ran in a child during the run
 
 
 class ServerInfo(msgspec.Struct, kw_only=True):
@@ -173,7 +174,19 @@ def _section(title: str, runs: list[Run]) -> list[str]:
         if run.redis is not None and run.redis.top:
             top = ", ".join(f"{name} {calls:g}" for name, calls in run.redis.top.items())
             lines.append(f"    {run.results[0].target}: Redis calls per request: {top}")
+        lines += [f"    {run.results[0].target}: {line}" for line in _redis_children(run)]
     return lines
+
+
+def _redis_children(run: Run) -> list[str]:
+    """A Redis child (an AOF rewrite) takes most of a core for a second or more: a p99 that
+    jumps with one in the run may owe the jump to it."""
+    if not run.redis_children:
+        return []
+    return [
+        f"Redis forked {run.redis_children} background child(ren) in this run (AOF rewrite or "
+        "snapshot; its CPU is in 'other')"
+    ]
 
 
 def _for_you_lists(run: Run) -> list[str]:
@@ -250,6 +263,7 @@ def _fixed_rate(run: Run) -> list[str]:
     lines = [_table(headers, rows), _cpu(run)]
     lines.append(f"  CPU ms per request answered, service/Redis: {_cpu_per_request(run)}")
     lines += _for_you_lists(run)
+    lines += [f"  {line}" for line in _redis_children(run)]
     if run.redis is not None:
         lines.append(
             f"  Redis per request: {_redis_cell(run)} commands/us; stream backlog at the end: "
