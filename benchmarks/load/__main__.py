@@ -32,7 +32,7 @@ compare phase does within a run):
    saturation and the mix at a fixed rate.
 For every wrk run: the CPU used by the service, Redis and wrk (`benchmarks.load.servers`), and
 the Redis commands executed per request (`benchmarks.load.metrics`); for runs that ask for
-"for you", how many lists were kept and how many computed (the service's /metrics); and whether
+"for you", how many lists were kept and how many computed (`serve`'s /metrics); and whether
 Redis forked a child (an AOF rewrite) meanwhile. Everything is printed as tables at the end
 and written as JSON (`--json`). Only 127.0.0.1 is ever contacted; every run is bounded in time
 (wrk's -d) and every wait has a deadline.
@@ -150,7 +150,7 @@ class Under:
     redis_url: str | None = None
     redis_pid: int | None = None
     http_ceiling: float | None = None
-    routes: bool = False  # one process: its /metrics covers every request
+    pooled_metrics: bool = False  # its /metrics covers every request (serve's workers pool)
 
 
 class Bench:
@@ -180,9 +180,10 @@ class Bench:
         """Run the wrk jobs together (and `probe` beside them) and record the figures."""
         client = redis.Redis.from_url(under.redis_url) if under.redis_url else None
         try:
-            routes_before = _scrape(under.url) if under.routes and phase == "mix" else None
+            pooled = under.pooled_metrics
+            routes_before = _scrape(under.url) if pooled and phase == "mix" else None
             asks_for_you = any(job.target in {"mix", "for_you"} for job in jobs)
-            lists_before = _scrape_for_you_lists(under.url) if asks_for_you else None
+            lists_before = _scrape_for_you_lists(under.url) if pooled and asks_for_you else None
             commands_before = metrics.redis_commands(client) if client else None
             forks_before = metrics.redis_forks(client) if client else None
             meter = CpuMeter(under.service_pid, under.redis_pid)
@@ -487,7 +488,9 @@ def _serve_phase(
         bench.knn_qps = ceilings[0].qps  # the query the similar route sends
         _progress(f"KNN: {ceilings}")
         http_ceiling = bench.http_ceiling(servers.SERVE)
-        under = Under("serve", url, service.pid, redis_url, redis_pid, http_ceiling, routes=True)
+        under = Under(
+            "serve", url, service.pid, redis_url, redis_pid, http_ceiling, pooled_metrics=True
+        )
         bench.suite(under, full=True)
     finally:
         service.stop()

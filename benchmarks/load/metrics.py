@@ -2,15 +2,16 @@
 
 Stream progress: `recommender_stream_lag` and `recommender_stream_pending` (gauges, refreshed by
 each consumer every `streams.trim_interval_seconds`) and `recommender_stream_processed_total`
-(a live counter). "For you" lists kept or computed: `recommender_for_you_lists_total`, summed
-over the workers. Server-side latency per route: the difference of two scrapes of
+(a live counter). "For you" lists kept or computed: `recommender_for_you_lists_total`.
+Server-side latency per route: the difference of two scrapes of
 `recommender_request_duration_seconds` (Litestar's histogram, labelled by route template), with
-quantiles interpolated linearly inside a bucket, so they are only as fine as the buckets. Each
-process keeps its own registry: with several workers a scrape shows one of them, so the route
-figures are taken from single-process servers only. Redis's work per request: the difference
-of two `INFO commandstats` (calls and microseconds per command) over the requests answered; it
-includes what the stream consumers did meanwhile. The stream backlog comes from XINFO GROUPS;
-the children Redis forked (AOF rewrites) from INFO's total_forks.
+quantiles interpolated linearly inside a bucket, so they are only as fine as the buckets. A
+server's workers sum their figures only when they share a PROMETHEUS_MULTIPROC_DIR, as `serve`
+sets up; other servers' workers keep one registry each, so the figures from /metrics come from
+`serve` only. Redis's work per request: the difference of two `INFO commandstats` (calls and
+microseconds per command) over the requests answered; it includes what the stream consumers did
+meanwhile. The stream backlog comes from XINFO GROUPS; the children Redis forked (AOF rewrites)
+from INFO's total_forks.
 """
 
 import math
