@@ -180,10 +180,9 @@ class Bench:
         """Run the wrk jobs together (and `probe` beside them) and record the figures."""
         client = redis.Redis.from_url(under.redis_url) if under.redis_url else None
         try:
-            pooled = under.pooled_metrics
-            routes_before = _scrape(under.url) if pooled and phase == "mix" else None
+            # One scrape on each side gives the mix's route latencies and the "for you" counts.
             asks_for_you = any(job.target in {"mix", "for_you"} for job in jobs)
-            lists_before = _scrape_for_you_lists(under.url) if pooled and asks_for_you else None
+            scraped = _metrics_text(under.url) if under.pooled_metrics and asks_for_you else None
             commands_before = metrics.redis_commands(client) if client else None
             forks_before = metrics.redis_forks(client) if client else None
             meter = CpuMeter(under.service_pid, under.redis_pid)
@@ -204,16 +203,15 @@ class Bench:
             if client is not None and forks_before is not None:
                 forked, running = forks_before
                 children = metrics.redis_forks(client)[0] - forked + running
-            routes = []
-            if routes_before is not None:
-                routes = metrics.route_latencies(routes_before, _scrape(under.url))
+            routes: list[metrics.RouteLatency] = []
             lists: dict[str, int] = {}
-            if lists_before is not None:
-                lists_after = _scrape_for_you_lists(under.url)
-                lists = {
-                    source: int(count - lists_before.get(source, 0.0))
-                    for source, count in lists_after.items()
-                }
+            if scraped is not None:
+                now = _metrics_text(under.url)
+                if phase == "mix":
+                    routes = metrics.route_latencies(
+                        metrics.route_histograms(scraped), metrics.route_histograms(now)
+                    )
+                lists = metrics.for_you_lists(scraped, now)
         finally:
             if client is not None:
                 client.close()
@@ -370,12 +368,8 @@ def _ratio(value: float, ceiling: float | None) -> float | None:
     return round(value / ceiling, 3) if ceiling else None
 
 
-def _scrape(url: str) -> metrics.Histograms:
-    return metrics.route_histograms(httpx.get(f"{url}/metrics", timeout=30.0).text)
-
-
-def _scrape_for_you_lists(url: str) -> dict[str, float]:
-    return metrics.for_you_lists(httpx.get(f"{url}/metrics", timeout=30.0).text)
+def _metrics_text(url: str) -> str:
+    return httpx.get(f"{url}/metrics", timeout=30.0).text
 
 
 def _progress(message: str) -> None:

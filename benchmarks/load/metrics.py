@@ -46,8 +46,14 @@ def stream_metrics(text: str) -> dict[str, dict[str, float]]:
     return found
 
 
-def for_you_lists(text: str) -> dict[str, float]:
-    """ "For you" lists answered so far, by source (kept, computed), summed over processes."""
+def for_you_lists(before: str, after: str) -> dict[str, int]:
+    """ "For you" lists answered between two scrapes, by source (kept, computed)."""
+    earlier = _for_you_totals(before)
+    return {source: int(total - earlier.get(source, 0.0))
+            for source, total in _for_you_totals(after).items()}  # fmt: skip
+
+
+def _for_you_totals(text: str) -> dict[str, float]:
     found: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

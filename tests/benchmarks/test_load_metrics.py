@@ -7,17 +7,22 @@ from benchmarks.load.metrics import for_you_lists, redis_forks
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 
-def test_for_you_lists_reads_each_source_from_the_exposition_text() -> None:
+def test_for_you_lists_counts_each_source_between_two_scrapes() -> None:
     registry = CollectorRegistry()
     lists = Counter("recommender_for_you_lists", "doc", ["source"], registry=registry)
+    other = Counter("recommender_other", "doc", ["source"], registry=registry)
     lists.labels(source="kept").inc(7)
+    before = generate_latest(registry).decode()
+    lists.labels(source="kept").inc(5)
     lists.labels(source="computed").inc(3)
-    Counter("recommender_other", "doc", ["source"], registry=registry).labels("kept").inc(100)
-    assert for_you_lists(generate_latest(registry).decode()) == {"kept": 7.0, "computed": 3.0}
+    other.labels(source="kept").inc(100)
+    after = generate_latest(registry).decode()
+    assert for_you_lists(before, after) == {"kept": 5, "computed": 3}
 
 
 def test_for_you_lists_is_empty_before_any_list() -> None:
-    assert for_you_lists(generate_latest(CollectorRegistry()).decode()) == {}
+    empty = generate_latest(CollectorRegistry()).decode()
+    assert for_you_lists(empty, empty) == {}
 
 
 def test_redis_forks_counts_a_child_from_its_start(redis_url: str) -> None:
