@@ -163,10 +163,9 @@ def redis_forks(client: "redis.Redis") -> tuple[int, bool]:
     """The children Redis has forked since it started (AOF rewrites, snapshots), and whether
     one is running now. A child takes most of a core for a second or more, which the CPU
     figures count as 'other' (it is not the Redis process)."""
-    forks = int(client.info("stats")["total_forks"])
-    persistence = client.info("persistence")
-    running = bool(persistence["aof_rewrite_in_progress"] or persistence["rdb_bgsave_in_progress"])
-    return forks, running
+    info = client.info("stats", "persistence")
+    running = bool(info["aof_rewrite_in_progress"] or info["rdb_bgsave_in_progress"])
+    return int(info["total_forks"]), running
 
 
 def stream_backlog(client: "redis.Redis", streams: list[str]) -> int:
