@@ -99,7 +99,7 @@ CATALOG_SETS = "catalog sorted sets"
 STREAMS = "streams (trimmed)"
 SHOPPERS = "tracking: shopper history"
 AGGREGATES = "tracking: aggregates"
-MARKERS = "tracking: 1-day markers"
+MARKERS = "tracking: client event ids"
 OTHER = "other keys"
 SERVER = "server overhead (MEMORY STATS)"
 UNACCOUNTED = "unaccounted"
@@ -112,13 +112,17 @@ KIND_OF_HEAD = {
     "vec": VECTORS,
     "catalog": CATALOG_SETS,
     "stream": STREAMS,
+    "vectors": STREAMS,  # the vector change log (and its epoch)
     "history": SHOPPERS,
     "bought": SHOPPERS,
-    "cowindow": SHOPPERS,
+    "recent": SHOPPERS,
+    "derived": SHOPPERS,  # kept "for you" lists
     "pop": AGGREGATES,
     "trend": AGGREGATES,
     "co": AGGREGATES,
-    "order": MARKERS,  # the products of one order so far, kept a day for co-purchases
+    "copair": AGGREGATES,
+    "cototal": AGGREGATES,
+    "event": MARKERS,  # a client's event id, kept `event_id_ttl_seconds` against retries
 }
 
 # Rows under a hash part: the mean length of these fields' values.
@@ -157,8 +161,6 @@ def kind_of(name: str) -> str:
     head, _, rest = name.partition(":")
     if head == "model" and rest.isdigit():
         return MODEL
-    if head == "agg" and rest.startswith("done:"):
-        return MARKERS  # "this stream entry was applied", kept a day against redeliveries
     return KIND_OF_HEAD.get(head, OTHER)
 
 

@@ -193,9 +193,6 @@ class TrackingSettings(Setting, frozen=True):
     history_length: Annotated[int, Meta(ge=1, le=10_000)] = 100
     # A client's event_id is remembered this long, so a retried event counts once.
     event_id_ttl_seconds: Annotated[int, Meta(ge=60)] = 7 * 86400
-    # The aggregator remembers the stream entries it applied this long, so a redelivery (a
-    # crashed consumer's entries, claimed by another) counts once; redeliveries come in minutes.
-    applied_entry_ttl_seconds: Annotated[int, Meta(ge=60)] = 86400
     # An event's timestamp may be at most this far in the future (clock skew).
     max_future_skew_seconds: Annotated[float, Meta(ge=0)] = 300.0
     # /popular counts events over the last `days` (default below); buckets older than the

@@ -48,6 +48,7 @@ def purchases(products: list[str]) -> list[dict[str, object]]:
             "user_id": f"u{user}",
             "product_id": products[(user * 7 + line) % len(products)],
             "order_id": f"o{user}-{order}",
+            "event_id": f"e{user}-{order}-{line}",
             "timestamp": f"2024-05-{order + 1:02d}T10:00:00Z",
         }
         for user in range(3)
@@ -64,7 +65,9 @@ def test_kind_of_names_every_repository_key() -> None:
     assert kind_of("catalog:category:Home > Mugs") == CATALOG_SETS
     assert kind_of("history:user:u1") == SHOPPERS
     assert kind_of("co:purchase:p1") == AGGREGATES
-    assert kind_of("agg:done:1-0") == MARKERS
+    assert kind_of("recent:purchase:user:u1") == SHOPPERS
+    assert kind_of("copair:view:p1") == AGGREGATES
+    assert kind_of("event:seen:e1") == MARKERS
     assert kind_of("agg:clock") not in {MARKERS, AGGREGATES}
 
 

@@ -11,8 +11,10 @@ from litestar.testing import AsyncTestClient
 from conftest import Drain
 from recommender.config import Settings
 from recommender.platform.redis import Keyspace
+from recommender.platform.streams import StreamEntry
 from recommender.services import Services, build_services
 from recommender.tracking import Shopper, TrackingService
+from recommender.tracking.consumer import GROUP
 
 T0 = datetime(2024, 3, 1, 12, tzinfo=UTC)
 
@@ -34,6 +36,20 @@ async def co_occurring(
     """One product's co-occurrence list."""
     (found,) = await tracking.co_occurring_many([(kind, product_id)], limit)
     return found
+
+
+async def aggregate_state(redis: "aioredis.Redis", tracking: TrackingService) -> dict[bytes, Any]:
+    """Every count the aggregator keeps, as stored: the reads of them round or cache."""
+    state: dict[bytes, Any] = {}
+    for head in ("pop", "trend", "co", "copair", "cototal"):
+        async for key in redis.scan_iter(match=tracking.repository.keys.key(head, "*")):
+            if b":cache:" in key:
+                continue
+            if await redis.type(key) == b"hash":
+                state[key] = await redis.hgetall(key)
+            else:
+                state[key] = await redis.zrange(key, 0, -1, withscores=True)
+    return state
 
 
 @pytest.mark.asyncio
@@ -239,18 +255,44 @@ async def test_aggregates_count_each_event_once_and_use_event_time(
     assert next(p for p, _ in await tracking.trending("", 10)) in {"a", "b"}
 
     # Redelivery of every entry: nothing changes.
-    before = await tracking.popular(7, "", 10)
+    before = await aggregate_state(redis, tracking)
+    assert len(before) > 5
     for runner in services.runners:
         entries = await redis.xrange(runner.stream)
         await runner.handler([])  # a no-op batch is harmless
-        from recommender.platform.streams import StreamEntry  # noqa: PLC0415
-
         await runner.handler(
             [StreamEntry(i.decode(), {k.decode(): v.decode() for k, v in f.items()})
              for i, f in entries]
         )  # fmt: skip
-    assert await tracking.popular(7, "", 10) == before
-    assert len(await co_occurring(tracking, "purchase", "a", 10)) == 1
+    assert await aggregate_state(redis, tracking) == before
+
+
+@pytest.mark.asyncio
+async def test_an_entry_a_dead_consumer_read_is_applied_once_and_acknowledged(
+    client: AsyncTestClient, services: Services, drain: Drain, redis: "aioredis.Redis"
+) -> None:
+    await client.post("/api/v1/products/batch", json={"items": [
+        {"id": "a", "name": "A"}, {"id": "b", "name": "B"},
+    ]})  # fmt: skip
+    await post(client, {"type": "view", "user_id": "u1", "product_id": "b"})
+    await drain()
+    await post(client, {"type": "view", "user_id": "u1", "product_id": "a"})
+    aggregator = next(r for r in services.runners if r.group == GROUP)
+    # A consumer reads the entry and dies before applying it: the entry stays pending.
+    read: Any = await redis.xreadgroup(GROUP, "dead", {aggregator.stream: ">"})
+    entries = [
+        StreamEntry(i.decode(), {k.decode(): v.decode() for k, v in f.items()})
+        for i, f in read[0][1]
+    ]
+    assert len(entries) == 1
+
+    await aggregator.handler(entries)  # as another consumer that claimed it would
+    once = await aggregate_state(redis, services.tracking)
+    await aggregator.handler(entries)  # and once more, as if its own XACK had been lost
+    assert await aggregate_state(redis, services.tracking) == once
+    # Shares of the best seller: "a" counted twice would leave "b" half of it.
+    assert sorted(await services.tracking.popular(7, "", 10)) == [("a", 1.0), ("b", 1.0)]
+    assert (await redis.xpending(aggregator.stream, GROUP))["pending"] == 0
 
 
 @pytest.mark.asyncio

@@ -5,7 +5,8 @@ hands batches of entries to a handler and acknowledges only what the handler fin
 failing batch is split so one poison entry cannot hold back the rest; a failed entry stays
 pending and is retried after `retry_delay_ms`, entries of a crashed consumer are claimed after
 `claim_idle_ms`, and an entry delivered `max_deliveries` times moves to the dead-letter stream
-with its last error. Handlers must therefore be idempotent.
+with its last error. Handlers must therefore be idempotent; one may instead acknowledge each
+entry itself, in the same atomic write as its effects (the runner's own XACK is then a no-op).
 """
 
 import asyncio

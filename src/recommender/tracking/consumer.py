@@ -18,7 +18,7 @@ def aggregator(
     settings: StreamSettings,
 ) -> StreamRunner:
     async def handle(entries: Sequence[StreamEntry]) -> None:
-        await tracking.aggregate(entries)
+        await tracking.aggregate(entries, GROUP)
 
     return StreamRunner(
         client, stream=tracking.stream, group=GROUP, handler=handle,

@@ -9,7 +9,6 @@ Per shopper (`{kind}` is user or session):
 Shared:
     {ns}event:seen:{event_id}      idempotency marker of a client's event id (expires)
     {ns}stream:behaviour           every accepted event, for the tracking consumer
-    {ns}agg:done:{entry}           the consumer applied this stream entry (expires)
     {ns}agg:clock                  the latest event time seen: windows end there, not at now
     {ns}pop:{day}[:cat:{path}]     sorted set per UTC day: product -> weighted event count
     {ns}pop:days                   sorted set of those day keys, for pruning
@@ -117,9 +116,11 @@ return 1
 """
 )
 
-# Apply one event's aggregate updates once. KEYS[1] done marker, KEYS[2] clock, KEYS[3] day
-# index, then the keys the operations name by position. ARGV[1] ttl of the marker, ARGV[2]
-# event time, then operations, each a word and its arguments:
+# Apply one stream entry's aggregate updates and acknowledge it, if it is still pending for the
+# group: applying and acknowledging at once applies each entry once, without remembering it.
+# KEYS[1] stream, KEYS[2] clock, KEYS[3] day index, then the keys the operations name by
+# position. ARGV[1] group, ARGV[2] entry id, ARGV[3] event time, then operations, each a word
+# and its arguments:
 #   count  key day member weight        ZINCRBY in a day bucket (and remember the bucket)
 #   decay  key member logw cap          log-add, keep the top `cap`
 #   pair   window totals prefix counts member logw cap size span
@@ -149,11 +150,11 @@ local function pair(prefix, counts, a, b, logw, half_b, n)
   redis.call('ZADD', prefix .. a, together - half_b, b)
   cap(prefix .. a, n, counts .. a)
 end
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-local t = tonumber(ARGV[2])
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then return 0 end
+local t = tonumber(ARGV[3])
 local clock = tonumber(redis.call('GET', KEYS[2]) or '0')
-if t > clock then redis.call('SET', KEYS[2], ARGV[2]) end
-local i = 3
+if t > clock then redis.call('SET', KEYS[2], ARGV[3]) end
+local i = 4
 while i <= #ARGV do
   local op = ARGV[i]
   if op == 'count' then
@@ -188,6 +189,7 @@ while i <= #ARGV do
     i = i + 10
   end
 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 )
@@ -202,7 +204,7 @@ class Aggregation:
 
     def key(self, name: str) -> int:
         self.keys.append(name)
-        return len(self.keys) + 3  # after done, clock and day index
+        return len(self.keys) + 3  # after stream, clock and day index
 
     def count(self, key: str, day: float, member: str, weight: float) -> None:
         self.args += ["count", self.key(key), day, member, weight]
@@ -269,17 +271,18 @@ class TrackingRepository:
         duplicate."""
         return await run_script_many(self.client, self._ingest, plans)
 
-    async def aggregate(self, ttl: int, plans: Sequence[tuple[str, float, Aggregation]]) -> None:
-        """Apply each (stream entry id, event time, plan) once, in one round trip."""
+    async def aggregate(self, group: str, plans: Sequence[tuple[str, float, Aggregation]]) -> None:
+        """Apply each (stream entry id, event time, plan) the group has not acknowledged, and
+        acknowledge it, in one round trip."""
         calls = [
             (
                 [
-                    self.keys.key("agg", "done", entry_id),
+                    self.stream,
                     self.keys.key("agg", "clock"),
                     self.keys.key("pop", "days"),
                     *plan.keys,
                 ],
-                [ttl, timestamp, *plan.args],
+                [group, entry_id, timestamp, *plan.args],
             )
             for entry_id, timestamp, plan in plans
         ]

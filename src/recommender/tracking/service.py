@@ -189,8 +189,9 @@ class TrackingService:
 
     # -- the consumer's path ----------------------------------------------------------------
 
-    async def aggregate(self, entries: Sequence[StreamEntry]) -> None:
-        """Fold stream entries into popularity, trending and co-occurrence, each exactly once."""
+    async def aggregate(self, entries: Sequence[StreamEntry], group: str) -> None:
+        """Fold stream entries into popularity, trending and co-occurrence, each exactly once:
+        an entry with aggregates is acknowledged for `group` as they are applied."""
         events = [(entry.id, _recorded_decoder.decode(entry.fields["event"])) for entry in entries]
         product_ids = list({e.product_id for _, e in events if e.product_id})
         categories = {
@@ -203,7 +204,7 @@ class TrackingService:
             for entry_id, event in events
             if (plan := self._aggregation(event, categories.get(event.product_id, [])))
         ]
-        await self.repository.aggregate(self.settings.applied_entry_ttl_seconds, plans)
+        await self.repository.aggregate(group, plans)
         clock = await self.repository.clock()
         if clock is not None:
             await self.repository.prune_days(
