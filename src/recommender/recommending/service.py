@@ -27,6 +27,7 @@ from recommender.recommending.schemas import (
     RecommendationList,
     RecommendedProduct,
     SearchResult,
+    Strategy,
 )
 from recommender.tracking import Behaviour, HistoryEntry, Shopper, TrackingService
 from recommender.vectors import BlendNeighbours, Filters, VectorService, text_terms
@@ -71,11 +72,36 @@ Candidate = tuple[str, float, Reason]
 _KEPT_PER_ITEM = 5
 
 
+# In the name a kept list is stored under: a change to how it is encoded bumps it, so a
+# list kept by the code before is never decoded.
+_KEPT_FORMAT = 2
+
+
+class _KeptCandidate(msgspec.Struct, array_like=True, omit_defaults=True):
+    """A candidate as kept, its reason in line: a map would spell out every field's name (a
+    "for you" reason has no `matched`)."""
+
+    id: str
+    score: float
+    strategy: Strategy
+    anchor: str | None = None
+    anchor_event: str | None = None
+
+    @classmethod
+    def of(cls, candidate: Candidate) -> "_KeptCandidate":
+        product_id, score, reason = candidate
+        return cls(product_id, score, reason.strategy, reason.anchor, reason.anchor_event)
+
+    def candidate(self) -> Candidate:
+        reason = Reason(strategy=self.strategy, anchor=self.anchor, anchor_event=self.anchor_event)
+        return self.id, self.score, reason
+
+
 class _Candidates(msgspec.Struct, array_like=True):
     """A shopper's "for you" candidates as kept between their events."""
 
     complete: bool  # False: more candidates followed these
-    items: list[Candidate]
+    items: list[_KeptCandidate]
 
 
 _candidates_encoder = msgspec.msgpack.Encoder()
@@ -241,11 +267,13 @@ class RecommendService:
         `later` when given (a route writes after answering), else awaited.
         """
         seconds = self.settings.for_you_cache_seconds
-        name = f"for_you:{k}:{int(exclude_purchased)}:{filters.category}"
+        name = f"for_you.{_KEPT_FORMAT}:{k}:{int(exclude_purchased)}:{filters.category}"
         kept = await self.tracking.derived(shopper, name, seconds) if seconds > 0 else None
         if kept is not None and kept.value is not None:
             cached = _candidates_decoder.decode(kept.value)
-            found, exhausted = await self._pick(cached.items, k, filters)
+            found, exhausted = await self._pick(
+                (item.candidate() for item in cached.items), k, filters
+            )
             if cached.complete or not exhausted:
                 _KEPT_LISTS.inc()
                 return found
@@ -263,7 +291,9 @@ class RecommendService:
             head = list(islice(candidates, size + 1))  # one more tells whether there are more
             named = await self._anchor_reasons([(p, r) for p, _, r in head[:size]], near, anchors)
             head = [(p, score, named.get(p, reason)) for p, score, reason in head]
-            value = _Candidates(complete=len(head) <= size, items=head[:size])
+            value = _Candidates(
+                complete=len(head) <= size, items=[_KeptCandidate.of(c) for c in head[:size]]
+            )
             keep = partial(self._keep, shopper, name, kept.lease, _candidates_encoder.encode(value))
             if later is None:
                 await keep()
