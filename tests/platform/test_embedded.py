@@ -75,6 +75,30 @@ def test_a_supervised_server_that_dies_is_started_again_with_its_data(tmp_path: 
     assert not server.socket.exists()
 
 
+def test_a_supervised_servers_aof_rewrite_runs_at_the_lowest_cpu_priority(tmp_path: Path) -> None:
+    server = embedded(tmp_path).start()
+    server.supervise()
+    try:
+        client = client_for(server)
+        client.mset({f"key{i}": i for i in range(30)})
+        client.config_set("rdb-key-save-delay", 100_000)  # µs per key: a 3 s rewrite
+        client.bgrewriteaof()
+        pid = int(server.pid_file.read_text())
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        deadline = time.monotonic() + 2.5
+        niceness = None
+        while niceness != 19 and time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                niceness = os.getpriority(os.PRIO_PROCESS, int(children.read_text().split()[0]))
+            time.sleep(0.02)
+        assert niceness == 19
+        # The server itself is left alone.
+        assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0)
+        client.close()
+    finally:
+        server.close()
+
+
 def test_second_instance_joins_instead_of_starting_another(tmp_path: Path) -> None:
     with embedded(tmp_path) as owner:
         joiner = embedded(tmp_path).start()
