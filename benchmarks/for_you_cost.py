@@ -9,12 +9,14 @@ How (one private embedded Redis, everything in this process):
    the cutoff through `TrackingService.record` (the calls `POST /products/batch` and
    `POST /events` make); run both consumers until every stream entry is handled; refit.
 2. With `--warm`, first cache every product's neighbour list (the state similar requests leave
-   a service in). Ask `RecommendService.for_you` (k=10, no stock filter) for the first
-   `--users` users with history before the cutoff, each with and without their purchases
-   excluded, one request at a time (warm-up: the first 20 requests, not counted).
-   Settings come from config.toml and RECOMMENDER_* variables, as the service's do; each
-   `--variant` asks again with some [recommend] settings changed, on the same data. Every
-   pass computes its lists: the lists an earlier pass kept for its shoppers are dropped first.
+   a service in), and load the process's copy of every live vector if the catalog is small
+   enough to hold one (vectors.live_vectors_max_products). Ask `RecommendService.for_you`
+   (k=10, no stock filter) for the first `--users` users with history before the cutoff, each
+   with and without their purchases excluded, one request at a time (warm-up: the first 20
+   requests, not counted). Settings come from config.toml and RECOMMENDER_* variables, as the
+   service's do; each `--variant` asks again with some settings changed (a bare key is a
+   [recommend] one, else SECTION.KEY), on the same data. Every pass computes its lists: the
+   lists an earlier pass kept for its shoppers are dropped first.
 3. Print per request: wall time (percentiles), CPU time of this process (the service's Python
    plus the client library), Redis CPU (INFO's used_cpu_user + used_cpu_sys), Redis commands
    by name with the time spent in them (INFO commandstats; an EVALSHA's inner calls are counted
@@ -150,7 +152,8 @@ async def _measure(
 
 
 def _variant(text: str) -> dict[str, Any]:
-    """`anchors=20,content_candidates=100` -> recommend settings to change."""
+    """`anchors=20,vectors.live_vectors_max_products=0` -> settings to change (a bare key is
+    a [recommend] one)."""
     pairs = [item.split("=", 1) for item in text.split(",") if item]
     if any(len(pair) != 2 for pair in pairs):
         raise argparse.ArgumentTypeError(f"not KEY=VALUE[,KEY=VALUE...]: '{text}'")
@@ -172,6 +175,9 @@ async def _warm_neighbours(recommend: RecommendService) -> None:
             break
         cursor = page.next_cursor
     print(f"neighbour lists of {count:,} products cached in {time.perf_counter() - started:.0f} s")
+    table = await recommend.vectors.every_vector()
+    held = f"{len(table):,} products" if table else "none (vectors.live_vectors_max_products)"
+    print(f"copy of every live vector: {held}")
 
 
 async def _forget_kept_lists(recommend: RecommendService, shoppers: list[Shopper]) -> None:
@@ -192,9 +198,11 @@ async def measure(users: int, cutoff: datetime, variants: list[dict[str, Any]], 
         print(f"loaded in {time.perf_counter() - started:.0f} s; {machine_load()}")
         asks = [(shopper, exclude) for shopper in shoppers for exclude in (True, False)]
         for changes in [{}, *variants]:
-            print(f"\nrecommend settings: {changes or 'as configured'}")
+            print(f"\nsettings: {changes or 'as configured'}")
             overrides = {"redis.url": server.url}
-            overrides |= {f"recommend.{key}": value for key, value in changes.items()}
+            overrides |= {
+                key if "." in key else f"recommend.{key}": value for key, value in changes.items()
+            }
             varied = load_settings(overrides=overrides)
             recommend = build_services(client, Keyspace(NAMESPACE), varied).recommend
             if warm:
@@ -210,11 +218,12 @@ def main() -> None:
     parser.add_argument("--cutoff", default="2011-07-01", help="history before this day (UTC)")
     parser.add_argument(
         "--variant", type=_variant, action="append", default=[], metavar="KEY=VALUE[,...]",
-        help="also measure with these [recommend] settings changed (repeatable)",
+        help="also measure with these settings changed (repeatable; KEY alone: [recommend])",
     )  # fmt: skip
     parser.add_argument(
         "--warm", action="store_true",
-        help="first cache every product's neighbour list, as a service's cache is after a while",
+        help="first cache every product's neighbour list (and every vector, if held), as a"
+        " service's caches are after a while",
     )  # fmt: skip
     args = parser.parse_args()
     cutoff = datetime.strptime(args.cutoff, "%Y-%m-%d").replace(tzinfo=UTC)

@@ -205,6 +205,7 @@ class Bench:
                 children = metrics.redis_forks(client)[0] - forked + running
             routes: list[metrics.RouteLatency] = []
             lists: dict[str, int] = {}
+            blends: dict[str, int] = {}
             if scraped is not None:
                 now = _metrics_text(under.url)
                 if phase == "mix":
@@ -212,6 +213,7 @@ class Bench:
                         metrics.route_histograms(scraped), metrics.route_histograms(now)
                     )
                 lists = metrics.for_you_lists(scraped, now)
+                blends = metrics.content_blends(scraped, now)
         finally:
             if client is not None:
                 client.close()
@@ -229,6 +231,7 @@ class Bench:
             drain_seconds=drain_seconds,
             freshness=probe.result() if probe is not None else None,
             for_you_lists=lists,
+            content_blends=blends,
             redis_children=children,
         )
         self.runs.append(run)

@@ -2,7 +2,9 @@
 
 Stream progress: `recommender_stream_lag` and `recommender_stream_pending` (gauges, refreshed by
 each consumer every `streams.trim_interval_seconds`) and `recommender_stream_processed_total`
-(a live counter). "For you" lists kept or computed: `recommender_for_you_lists_total`.
+(a live counter). "For you" lists kept or computed: `recommender_for_you_lists_total`; their
+content side ranked by the process's copy of every vector or by the index:
+`recommender_content_blends_total`.
 Server-side latency per route: the difference of two scrapes of
 `recommender_request_duration_seconds` (Litestar's histogram, labelled by route template), with
 quantiles interpolated linearly inside a bucket, so they are only as fine as the buckets. A
@@ -30,6 +32,7 @@ STREAM_SAMPLES = {
 }
 
 FOR_YOU_LISTS = "recommender_for_you_lists_total"
+CONTENT_BLENDS = "recommender_content_blends_total"
 
 Histograms = dict[str, dict[float, float]]  # route -> upper bound -> cumulative count
 
@@ -48,18 +51,27 @@ def stream_metrics(text: str) -> dict[str, dict[str, float]]:
 
 def for_you_lists(before: str, after: str) -> dict[str, int]:
     """ "For you" lists answered between two scrapes, by source (kept, computed)."""
-    earlier = _for_you_totals(before)
-    return {source: int(total - earlier.get(source, 0.0))
-            for source, total in _for_you_totals(after).items()}  # fmt: skip
+    return _counted(before, after, FOR_YOU_LISTS, "source")
 
 
-def _for_you_totals(text: str) -> dict[str, float]:
+def content_blends(before: str, after: str) -> dict[str, int]:
+    """Blends of "for you" ranked between two scrapes, by what ranked them (copy, index)."""
+    return _counted(before, after, CONTENT_BLENDS, "ranked_by")
+
+
+def _counted(before: str, after: str, counter: str, label: str) -> dict[str, int]:
+    earlier = _totals(before, counter, label)
+    return {value: int(total - earlier.get(value, 0.0))
+            for value, total in _totals(after, counter, label).items()}  # fmt: skip
+
+
+def _totals(text: str, counter: str, label: str) -> dict[str, float]:
     found: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == FOR_YOU_LISTS:
-                source = sample.labels["source"]
-                found[source] = found.get(source, 0.0) + sample.value
+            if sample.name == counter:
+                value = sample.labels[label]
+                found[value] = found.get(value, 0.0) + sample.value
     return found
 
 

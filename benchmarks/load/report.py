@@ -36,6 +36,7 @@ class Run(msgspec.Struct, kw_only=True):
     drain_seconds: float = 0.0  # how long they then took (the next run waited for it)
     freshness: Freshness | None = None  # what the freshness probe saw during the run
     for_you_lists: dict[str, int] = {}  # "for you" lists answered in the run, by source
+    content_blends: dict[str, int] = {}  # their content side, by what ranked it (copy, index)
     redis_children: int = 0  # AOF rewrites or snapshots Redis ran in a child during the run
 
 
@@ -195,7 +196,11 @@ def _for_you_lists(run: Run) -> list[str]:
     if not kept + computed:
         return []
     share = computed / (kept + computed)
-    return [f'  "for you" lists: {kept:,} kept, {computed:,} computed ({share:.0%} computed)']
+    by = ", ".join(f"{ranked_by} {count:,}" for ranked_by, count in run.content_blends.items())
+    ranked = f"; content side ranked by {by}" if by else ""
+    return [
+        f'  "for you" lists: {kept:,} kept, {computed:,} computed ({share:.0%} computed){ranked}'
+    ]
 
 
 def _mix_details(run: Run) -> list[str]:

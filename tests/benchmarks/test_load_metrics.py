@@ -1,23 +1,35 @@
 """Tests for the load benchmark's readings of the service's /metrics and of Redis's INFO."""
 
 import time
+from collections.abc import Callable
 
+import pytest
 import redis
-from benchmarks.load.metrics import for_you_lists, redis_forks
+from benchmarks.load.metrics import content_blends, for_you_lists, redis_forks
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 
-def test_for_you_lists_counts_each_source_between_two_scrapes() -> None:
+@pytest.mark.parametrize(
+    ("read", "counter", "label", "values"),
+    [
+        (for_you_lists, "recommender_for_you_lists", "source", ("kept", "computed")),
+        (content_blends, "recommender_content_blends", "ranked_by", ("copy", "index")),
+    ],
+)
+def test_a_counter_is_read_by_label_between_two_scrapes(
+    read: Callable[[str, str], dict[str, int]], counter: str, label: str, values: tuple[str, str]
+) -> None:
     registry = CollectorRegistry()
-    lists = Counter("recommender_for_you_lists", "doc", ["source"], registry=registry)
-    other = Counter("recommender_other", "doc", ["source"], registry=registry)
-    lists.labels(source="kept").inc(7)
+    counted = Counter(counter, "doc", [label], registry=registry)
+    other = Counter("recommender_other", "doc", [label], registry=registry)
+    first, second = values
+    counted.labels(first).inc(7)
     before = generate_latest(registry).decode()
-    lists.labels(source="kept").inc(5)
-    lists.labels(source="computed").inc(3)
-    other.labels(source="kept").inc(100)
+    counted.labels(first).inc(5)
+    counted.labels(second).inc(3)
+    other.labels(first).inc(100)
     after = generate_latest(registry).decode()
-    assert for_you_lists(before, after) == {"kept": 5, "computed": 3}
+    assert read(before, after) == {first: 5, second: 3}
 
 
 def test_for_you_lists_is_empty_before_any_list() -> None:

@@ -8,6 +8,7 @@ import msgspec
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from conftest import Drain
 from recommender.catalog import ProductCreate
@@ -15,7 +16,7 @@ from recommender.catalog.schemas import ProductUpdate
 from recommender.config import Settings
 from recommender.platform.redis import Keyspace
 from recommender.services import Services, build_services
-from recommender.vectors import Filters
+from recommender.vectors import BlendNeighbours, Filters, VectorService
 
 
 async def add(services: Services, *names: str) -> None:
@@ -325,16 +326,36 @@ async def test_a_stopped_service_starts_no_refit(services: Services, drain: Drai
     assert (await services.vectors.store.state()).live is None
 
 
+def with_vectors(settings: Settings, **changed: Any) -> Settings:
+    return msgspec.structs.replace(
+        settings, vectors=msgspec.structs.replace(settings.vectors, **changed)
+    )
+
+
+async def blender(
+    services: Services, redis: "aioredis.Redis", settings: Settings, ranked_by: str
+) -> VectorService:
+    """The vector service, ranking a blend by a KNN query ("index") or over its own copy of
+    every live vector ("copy", loaded first)."""
+    if ranked_by == "index":
+        never = with_vectors(settings, live_vectors_max_products=0)
+        return build_services(redis, Keyspace(settings.redis.namespace), never).vectors
+    assert await services.vectors.every_vector() is not None
+    return services.vectors
+
+
 @pytest.mark.asyncio
+@pytest.mark.parametrize("ranked_by", ["index", "copy"])
 async def test_near_blend_sums_weighted_cosines_in_one_query(
-    services: Services, drain: Drain
+    services: Services, drain: Drain, redis: "aioredis.Redis", settings: Settings, ranked_by: str
 ) -> None:
     await fitted(
         services, drain, "White ceramic coffee mug", "Blue ceramic coffee mug", "Brass desk lamp",
         "Brass floor lamp", "Ceramic teapot", "Wool hiking socks",
     )  # fmt: skip
+    vectors_service = await blender(services, redis, settings, ranked_by)
     weights = [("p0", 0.75), ("p2", 0.25)]
-    near = await services.vectors.near_blend(weights, 10)
+    near = await vectors_service.near_blend(weights, 10)
     version, _ = await services.vectors.live_model()
     ids = [f"p{i}" for i in range(6)]
     matrix, _ = await services.vectors.index.vectors(version, ids)
@@ -353,7 +374,7 @@ async def test_near_blend_sums_weighted_cosines_in_one_query(
     assert [score for _, score in near.hits] == sorted((s for _, s in near.hits), reverse=True)
     assert near.hits[0][0] == "p1"  # the other mug: the heavier anchor's neighbour
     # Each neighbour owes most to the anchor closest by weight x cosine, never to itself.
-    assert await services.vectors.strongest_blended(near, ["p1", "p3", "p0", "p2"]) == {
+    assert await vectors_service.strongest_blended(near, ["p1", "p3", "p0", "p2"]) == {
         "p1": "p0", "p3": "p2", "p0": "p2", "p2": "p0",
     }  # fmt: skip
 
@@ -383,8 +404,10 @@ async def test_near_blend_from_kept_vectors_moves_to_the_version_a_refit_made_li
         services, drain, "White ceramic coffee mug", "Blue ceramic coffee mug", "Brass desk lamp"
     )
     # A process that has not yet seen the next swap: its lists and their vectors stay kept.
-    hourly = msgspec.structs.replace(settings.vectors, neighbour_epoch_check_seconds=3600)
-    unaware = msgspec.structs.replace(settings, vectors=hourly)
+    # (Its copy of every vector, were it kept, would answer the old version until it did.)
+    unaware = with_vectors(
+        settings, neighbour_epoch_check_seconds=3600, live_vectors_max_products=0
+    )
     other = build_services(redis, Keyspace(settings.redis.namespace), unaware).vectors
     weights = [("p0", 0.5), ("p2", 0.5)]
     for product_id, _ in weights:
@@ -395,6 +418,72 @@ async def test_near_blend_from_kept_vectors_moves_to_the_version_a_refit_made_li
     live, _ = await services.vectors.live_model()
     assert (before.version, after.version) == (live - 1, live)
     assert after.hits == (await services.vectors.near_blend(weights, 10)).hits
+
+
+def assert_same_hits(one: BlendNeighbours, other: BlendNeighbours) -> None:
+    assert [pid for pid, _ in one.hits] == [pid for pid, _ in other.hits]
+    assert [score for _, score in one.hits] == pytest.approx([s for _, s in other.hits], abs=1e-5)
+
+
+@pytest.mark.asyncio
+async def test_the_copy_of_every_vector_follows_writes_deletes_and_swaps(
+    services: Services, drain: Drain, redis: "aioredis.Redis", settings: Settings
+) -> None:
+    await fitted(services, drain, "White ceramic coffee mug", "Brass desk lamp", "Ceramic teapot")
+    copy = await services.vectors.every_vector()
+    assert copy is not None
+    assert len(copy) == 3
+    index = await blender(services, redis, settings, "index")
+    weights = [("p0", 1.0)]
+    await services.catalog.create(ProductCreate(id="p3", name="Blue ceramic coffee mug"))
+    await services.catalog.update("p2", ProductUpdate(name="Brass floor lamp"))
+    await services.catalog.delete("p1")
+    await drain()
+    by_copy = blends_ranked_by("copy")
+    near = await services.vectors.near_blend(weights, 10)
+    assert blends_ranked_by("copy") == by_copy + 1
+    assert await services.vectors.every_vector() is copy  # patched, not loaded again
+    assert [product_id for product_id, _ in near.hits] == ["p3", "p2", "p0"]
+    assert_same_hits(near, await index.near_blend(weights, 10))
+    await services.vectors.refit(reason="test")
+    near = await services.vectors.near_blend(weights, 10)  # the swap dropped the copy
+    assert near.version == (await services.vectors.live_model())[0]
+    swapped = await services.vectors.every_vector()
+    assert swapped is not None
+    assert swapped is not copy
+    assert swapped.version == near.version
+    again = await services.vectors.near_blend(weights, 10)
+    assert again.version == near.version
+    assert_same_hits(again, near)
+
+
+@pytest.mark.asyncio
+async def test_a_catalog_over_the_limit_is_ranked_by_the_index_alone(
+    drain: Drain, redis: "aioredis.Redis", settings: Settings
+) -> None:
+    limited = build_services(
+        redis, Keyspace(settings.redis.namespace),
+        with_vectors(settings, live_vectors_max_products=2),
+    )  # fmt: skip
+    await fitted(limited, drain, "White ceramic coffee mug", "Brass desk lamp", "Ceramic teapot")
+    assert await limited.vectors.every_vector() is None
+    before, by_index = await knn_queries(redis), blends_ranked_by("index")
+    near = await limited.vectors.near_blend([("p0", 1.0)], 10)
+    assert await knn_queries(redis) == before + 1
+    assert blends_ranked_by("index") == by_index + 1
+    assert {product_id for product_id, _ in near.hits} == {"p0", "p1", "p2"}
+    assert await limited.vectors.every_vector() is None
+
+
+def blends_ranked_by(ranked_by: str) -> float:
+    labels = {"ranked_by": ranked_by}
+    return REGISTRY.get_sample_value("recommender_content_blends_total", labels) or 0.0
+
+
+async def knn_queries(redis: "aioredis.Redis") -> int:
+    """FT.SEARCH calls the server has run (the tests run one at a time)."""
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_FT.SEARCH", {}).get("calls", 0))
 
 
 @pytest.mark.asyncio

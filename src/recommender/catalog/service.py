@@ -80,6 +80,10 @@ class CatalogService:
     async def count(self) -> int:
         return await self.repository.count()
 
+    async def list_ids(self, after: str | None, limit: int) -> list[str]:
+        """Every product's id in order, a page at a time: up to `limit` after `after`."""
+        return await self.repository.list_ids("", after, limit)
+
     async def get_many(self, ids: Sequence[str], *, cached: bool = False) -> list[Product | None]:
         """The products (None for an unknown id); `cached`: from this process's cache."""
         if not cached or self._cached.max_entries == 0:

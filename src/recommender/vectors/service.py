@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 import numpy as np
 import structlog
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from recommender.catalog import CatalogService, Product
@@ -34,12 +35,28 @@ from recommender.vectors.index import (
     VectorIndex,
     vector_change,
 )
-from recommender.vectors.model import EmbeddingModel, ModelInfo, ProductText, fit_model_bytes
+from recommender.vectors.model import (
+    DIMS,
+    EmbeddingModel,
+    ModelInfo,
+    ProductText,
+    fit_model_bytes,
+)
 from recommender.vectors.neighbours import NeighbourCache, NeighbourList
 from recommender.vectors.repository import ModelState, ModelStore
+from recommender.vectors.table import LiveVectors, VectorTable
 
 log = structlog.get_logger()
 _T = TypeVar("_T")
+
+CONTENT_BLENDS = Counter(
+    "recommender_content_blends",
+    'Products\' nearest to a blend of others ("for you"), by what ranked them: "copy" (this '
+    'process\'s copy of every live vector) or "index" (a KNN query).',
+    ["ranked_by"],
+)
+_BLENDS_BY_COPY = CONTENT_BLENDS.labels(ranked_by="copy")
+_BLENDS_BY_INDEX = CONTENT_BLENDS.labels(ranked_by="index")
 
 # How long `stop` waits for a cancelled refit before cancelling it again.
 _STOP_RETRY_SECONDS = 0.5
@@ -48,6 +65,8 @@ _THREAD_BATCH = 32
 # Catalogs up to this size fit in a worker thread in well under a second; a child process would
 # spend seconds on its imports alone.
 _THREAD_FIT_TEXTS = 50
+# Products' vectors read per round trip when a process loads every live vector (1.5 MB).
+_LOAD_PAGE = 1000
 # Search queries whose vectors one process keeps (1.5 KB each); a model version never changes,
 # so a kept vector never goes stale.
 _QUERY_VECTORS = 10_000
@@ -91,6 +110,38 @@ class BlendNeighbours:
     rows: np.ndarray[Any, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class _BlendedVectors:
+    """Products' vectors weighted and summed, for `VectorService.near_blend`."""
+
+    blended: list[str]  # the products with a vector
+    rows: np.ndarray[Any, Any]  # each one's weight x unit vector
+    own: dict[str, float]  # each one's weight
+    direction: np.ndarray[Any, Any]  # the sum as a unit vector (meaningless if length is 0)
+    length: float
+
+    @classmethod
+    def of(
+        cls, weights: Sequence[tuple[str, float]], matrix: np.ndarray[Any, Any]
+    ) -> "_BlendedVectors":
+        """Of the products' `weights` and their vectors, `matrix` (zeros: not indexed yet, or
+        no known term: nothing to blend)."""
+        found = np.any(matrix, axis=1)
+        kept = [pair for pair, has in zip(weights, found.tolist(), strict=True) if has]
+        rows = matrix[found] * np.array([weight for _, weight in kept], dtype=np.float32)[:, None]
+        total = rows.sum(axis=0)
+        length = float(np.linalg.norm(total)) if kept else 0.0
+        direction = total / length if length else total
+        return cls([product_id for product_id, _ in kept], rows, dict(kept), direction, length)
+
+    def neighbours(self, version: int, nearest: Sequence[tuple[str, float]]) -> BlendNeighbours:
+        """The blend's neighbours from the products `nearest` its direction, by cosine."""
+        hits = [(product_id, cosine * self.length - self.own.get(product_id, 0.0))
+                for product_id, cosine in nearest]  # fmt: skip
+        hits.sort(key=lambda hit: -hit[1])
+        return BlendNeighbours(hits, version, self.blended, self.rows)
+
+
 class VectorService:
     def __init__(
         self,
@@ -108,10 +159,11 @@ class VectorService:
         self._refit_task: asyncio.Task[Any] | None = None
         self._stopped = False
         self._neighbour_cache = NeighbourCache(settings.neighbour_cache_size)
+        self._live_vectors = LiveVectors(self._load_live_vectors)
         self._vector_changes = ChangeFollower(
             index.client, index.epoch_key, index.changes_key,
             period=settings.neighbour_epoch_check_seconds,
-            apply=self._apply_vector_changes, clear=self._neighbour_cache.clear,
+            apply=self._apply_vector_changes, clear=self._clear_vector_copies,
         )  # fmt: skip
         self._live_version: int | None = None  # the one last seen live, tried first
         self._query_vectors: RecentCache[tuple[int, str], np.ndarray[Any, Any]] = RecentCache(
@@ -278,6 +330,7 @@ class VectorService:
         while task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=_STOP_RETRY_SECONDS)
+        await self._live_vectors.stop()
 
     async def refit(self, reason: str) -> ModelInfo:
         """Fit the next model on the whole catalog, build its index beside the live one, swap.
@@ -419,7 +472,44 @@ class VectorService:
         if len(found) < len(changes):  # a swap: every vector may have changed
             return False
         self._neighbour_cache.apply(found)
+        self._live_vectors.apply(found)
         return True
+
+    def _clear_vector_copies(self) -> None:
+        self._neighbour_cache.clear()
+        self._live_vectors.clear()
+
+    async def every_vector(self) -> VectorTable | None:
+        """This process's copy of every live vector, loaded first if it is not (None: the
+        catalog is too big to hold, there is no model yet, or the load failed)."""
+        await self._vector_changes.follow()
+        if not self.settings.live_vectors_max_products:
+            return None
+        return await self._live_vectors.loaded()
+
+    def _vector_table(self) -> VectorTable | None:
+        """Every live vector, once loaded, while the catalog is small enough to rank whole."""
+        return self._live_vectors.current() if self.settings.live_vectors_max_products else None
+
+    async def _load_live_vectors(self) -> VectorTable | None:
+        """Every vector of the live version (None: no model yet, or too many products)."""
+        if await self.catalog.count() > self.settings.live_vectors_max_products:
+            return None
+        version = (await self.store.state()).live
+        if version is None:
+            return None
+        ids: list[str] = []
+        rows = [np.zeros((0, DIMS), dtype=np.float32)]
+        after = None
+        while page := await self.catalog.list_ids(after, _LOAD_PAGE):
+            # Checked live on each read: a swap meanwhile fails the load, and its log entry
+            # has the next caller load the new version.
+            matrix, _ = await self.index.vectors(version, page, state_key=self.store.state_key)
+            embedded = np.any(matrix, axis=1)
+            ids += [pid for pid, has in zip(page, embedded.tolist(), strict=True) if has]
+            rows.append(matrix[embedded])
+            after = page[-1]
+        return VectorTable(version, ids, np.concatenate(rows))
 
     async def _nearest_to(
         self, product_id: str, depth: int
@@ -436,10 +526,14 @@ class VectorService:
     async def _vectors(
         self, version: int, ids: Sequence[str], *, state_key: str = ""
     ) -> np.ndarray[Any, np.dtype[np.float32]]:
-        """The products' vectors in that version as rows (zeros for one without): those kept
-        beside this process's neighbour lists, as current as the lists, and the rest read (with
-        the model state's key: only while `version` is live, else NotLiveError)."""
+        """The products' vectors in that version as rows (zeros for one without): from this
+        process's copy of every live vector if it is of that version, else those kept beside
+        its neighbour lists, and the rest read (with the model state's key: only while
+        `version` is live, else NotLiveError). What is kept is as current as the change log."""
         await self._vector_changes.follow()
+        table = self._vector_table()
+        if table is not None and table.version == version:
+            return table.rows(ids)
         matrix, missing = self._neighbour_cache.vectors(version, ids)
         if missing:
             read, _ = await self.index.vectors(
@@ -455,9 +549,18 @@ class VectorService:
         every given product's own neighbours would add up to, from one query instead of one
         per product (the vectors are unit length, so the sum is a dot product with the blend).
         """
-        found = await self._at_live(
-            lambda version: self._near_blend_at(version, weights, k)
-        ) if weights else None  # fmt: skip
+        if not weights:
+            return BlendNeighbours([], 0, [], np.zeros((0, 0), dtype=np.float32))
+        await self._vector_changes.follow()
+        table = self._vector_table()
+        if table is not None:  # exact, in this process; the copy follows swaps itself
+            ids = [product_id for product_id, _ in weights]
+            blend = _BlendedVectors.of(weights, table.rows(ids))
+            _BLENDS_BY_COPY.inc()
+            nearest = table.nearest(blend.direction, k) if blend.length else []
+            return blend.neighbours(table.version, nearest)
+        _BLENDS_BY_INDEX.inc()
+        found = await self._at_live(lambda version: self._near_blend_at(version, weights, k))
         if found is None:
             return BlendNeighbours([], 0, [], np.zeros((0, 0), dtype=np.float32))
         return found[1]
@@ -468,28 +571,13 @@ class VectorService:
         """`near_blend` in that version's index, while it is live (else NotLiveError)."""
         ids = [product_id for product_id, _ in weights]
         matrix = await self._vectors(version, ids, state_key=self.store.state_key)
-        found = np.any(matrix, axis=1)  # not indexed yet, or no known term: nothing to blend
-        if not found.any():
-            return BlendNeighbours([], version, [], np.zeros((0, 0), dtype=np.float32))
-        kept = [
-            pair for pair, has_vector in zip(weights, found.tolist(), strict=True) if has_vector
-        ]
-        rows = matrix[found] * np.array([weight for _, weight in kept], dtype=np.float32)[:, None]
-        blend = rows.sum(axis=0)
-        length = float(np.linalg.norm(blend))
-        blended = [product_id for product_id, _ in kept]
-        if length == 0:
-            return BlendNeighbours([], version, blended, rows)
-        own = dict(kept)
+        blend = _BlendedVectors.of(weights, matrix)
         # The query checks the version itself: no read may have (every vector was kept).
         nearest = await self.index.knn_ids(
-            blend / length, k, Filters(), self.index.name(version),
+            blend.direction, k, Filters(), self.index.name(version),
             live=(self.store.state_key, version),
-        )  # fmt: skip
-        hits = [(product_id, cosine * length - own.get(product_id, 0.0))
-                for product_id, cosine in nearest]  # fmt: skip
-        hits.sort(key=lambda hit: -hit[1])
-        return BlendNeighbours(hits, version, blended, rows)
+        ) if blend.length else []  # fmt: skip
+        return blend.neighbours(version, nearest)
 
     async def strongest_blended(
         self, near: BlendNeighbours, product_ids: Sequence[str]
