@@ -120,8 +120,8 @@ class VectorSettings(Setting, frozen=True):
     # later at most; products themselves are read through the catalog's own cache).
     neighbour_epoch_check_seconds: Annotated[float, Meta(ge=0, le=60)] = 0.1
     # While the catalog has at most this many products, each process also keeps every live
-    # vector (1.5 KB each) and ranks them all for "for you" instead of a KNN query: exact, and
-    # cheaper up to about 10k products (vectors.table). 0: never.
+    # vector (1.5 KB each) and ranks them all for "for you" instead of a KNN query: exact, no
+    # dearer up to about 10k products, and off the shared Redis (vectors.table). 0: never.
     live_vectors_max_products: Annotated[int, Meta(ge=0, le=1_000_000)] = 10_000
 
 

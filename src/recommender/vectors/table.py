@@ -1,8 +1,11 @@
 """Each process's copy of every live vector, for a catalog small enough to rank whole.
 
-Ranking a few thousand vectors is one matrix-vector product in this process, and exact: 0.14 ms
-at 3.6k products and 1.4 ms at 10k on the 2-core machine, against about 1.3 ms of Redis's CPU
-for the HNSW KNN 300 that "for you" asks (benchmarks/for_you_cost), with its 300 hits to parse.
+Ranking a few thousand vectors is one matrix-vector product in this process, and exact. It is
+bound by memory: on the 2-core machine 0.65 ms at 3.6k products with the matrix out of the CPU's
+caches (0.13 ms in them), 1.45 ms at 10k (0.9 ms). The HNSW KNN 300 that "for you" asks instead
+costs Redis about 1.3 ms at 3.6k (benchmarks/for_you_cost), and this process the parsing of its
+300 hits. So up to about 10k the copy costs at most as much CPU, and none of the one Redis every
+process shares.
 The copy is loaded in the background on first use (callers query the index meanwhile) and then
 follows the vector change log as the neighbour cache does: each change is applied to it, and a
 swap or a gap in the log drops it, for the next caller to load again.
