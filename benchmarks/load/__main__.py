@@ -26,7 +26,8 @@ compare phase does within a run):
    the default 15 s leaves room for about 35). Its product writes are embedded, indexed and
    patched into the cached neighbour lists they enter (of the copied product and its
    neighbours): `--freshness-trials 0` gives the fixed-rate figures without them. Then it
-   deletes the copies it wrote.
+   deletes the copies it wrote. With `--rate-runs N`, N-1 more fixed-rate runs follow, without
+   the probe, and a table sums them up: the machine's speed varies from minute to minute.
 4. For each other server in `--compare` (uvicorn with 1 worker, granian with 2), on the
    same data and an embedded Redis the benchmark starts: the HTTP ceiling, the mix at
    saturation and the mix at a fixed rate.
@@ -92,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     option("--rate", type=int, default=1000, help="requests/s offered in the fixed-rate run")
     option("--rate-connections", type=int, default=1000, help="connections of that run")
     option("--rate-duration", type=float, default=15.0, help="seconds of that run")
+    option(
+        "--rate-runs",
+        type=int,
+        default=1,
+        help="fixed-rate runs under serve, back to back (the first with the freshness probe): "
+        "how often the target holds, when the machine's speed varies from minute to minute",
+    )
     option("--timeout", type=float, default=5.0, help="wrk's request timeout, seconds")
     option(
         "--freshness-trials",
@@ -341,6 +349,8 @@ class Bench:
         run = self.measure(under, "fixed rate", jobs, probe)
         if probe is not None and run.freshness is not None:
             self.clean_up(under, probe, run.freshness)
+        for _ in range(1, args.rate_runs if full else 1):
+            self.measure(under, "fixed rate", jobs)
 
     def clean_up(self, under: Under, probe: freshness.Probe, seen: freshness.Freshness) -> None:
         """Delete the probe's copies; report how near its writes took the next refit."""

@@ -279,6 +279,31 @@ def _fixed_rate(run: Run) -> list[str]:
     return lines
 
 
+def _fixed_rate_runs(runs: list[Run]) -> list[str]:
+    """The fixed-rate runs side by side: each read's p99, whether every read met the target,
+    the CPU per request that tells a slow spell of the machine from a fast one, and the share
+    of "for you" lists computed (a run finds those the run before it dropped)."""
+    reads = [result.target for result in runs[0].results if result.target in READS]
+    rows, met_in = [], 0
+    for number, run in enumerate(runs, 1):
+        p99 = {result.target: result.p99_ms for result in run.results}
+        met = all(_verdict(result) == "yes" for result in run.results if result.target in READS)
+        met_in += met
+        lists = sum(run.for_you_lists.values())
+        computed = f"{run.for_you_lists.get('computed', 0) / lists:.0%}" if lists else "-"
+        rows.append([
+            str(number), *(f"{p99[target]:.1f}" for target in reads), "yes" if met else "NO",
+            _cpu_per_request(run), str(run.redis_children), computed,
+        ])  # fmt: skip
+    headers = ["run", *(f"{target} p99 ms" for target in reads), "all met",
+               "CPU ms/req svc/redis", "Redis forks", "for you computed"]  # fmt: skip
+    return [
+        "",
+        f"the fixed-rate runs, back to back: every read met the target in {met_in} of {len(runs)}",
+        _table(headers, rows),
+    ]
+
+
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -443,16 +468,20 @@ def render(report: Report) -> str:
                 [run],
             )
             lines += _mix_details(run)
-        for run in by_phase["fixed rate"]:
+        fixed_runs = by_phase["fixed rate"]
+        for number, run in enumerate(fixed_runs, 1):
+            of = f" (run {number} of {len(fixed_runs)})" if len(fixed_runs) > 1 else ""
             lines += [
                 "",
-                f"the mix at a fixed rate: {opts['rate']:,} requests/s offered over "
+                f"the mix at a fixed rate{of}: {opts['rate']:,} requests/s offered over "
                 f"{opts['rate_connections']:,} connections for {opts['rate_duration']} s, "
                 "one wrk per target",
             ]
             lines += _fixed_rate(run)
             if run.freshness is not None:
                 lines += freshness_lines(run.freshness, float(str(opts["rate"])))
+        if len(fixed_runs) > 1:
+            lines += _fixed_rate_runs(fixed_runs)
     lines += ["", "-" * 100, "Servers compared (same data, same wrk settings)"]
     rows = []
     for server in report.servers:
@@ -461,12 +490,10 @@ def render(report: Report) -> str:
         phases = {r.phase: r for r in report.runs if r.server == server.name}
         ceiling = phases.get("http ceiling")
         mix, fixed = phases.get("mix"), phases.get("fixed rate")
-        worst = (
-            max((r.p99_ms for r in fixed.results if r.target in READS), default=0.0)
-            if fixed
-            else 0.0
-        )
-        bad = sum(r.non_2xx + r.errors + r.timeouts for r in fixed.results) if fixed else 0
+        fixed_results = [result for run in report.runs if run.server == server.name
+                         and run.phase == "fixed rate" for result in run.results]  # fmt: skip
+        worst = max((r.p99_ms for r in fixed_results if r.target in READS), default=0.0)
+        bad = sum(r.non_2xx + r.errors + r.timeouts for r in fixed_results)
         rows.append(
             [
                 server.name,
@@ -486,7 +513,7 @@ def render(report: Report) -> str:
                 "mix req/s",
                 "mix p99 ms",
                 "mix CPU service/redis %",
-                "fixed rate: worst read p99 ms",
+                "fixed rate: worst read p99 ms (of all runs)",
                 "fixed rate: failed",
             ],
             rows,

@@ -1,0 +1,40 @@
+"""The load benchmark's summary of its fixed-rate runs (pure formatting of given results)."""
+
+from benchmarks.load.report import Run, _fixed_rate_runs
+from benchmarks.load.servers import CpuSplit
+from benchmarks.load.workload import LoadResult
+
+
+def result(target: str, p99_ms: float, rate: float = 100.0) -> LoadResult:
+    return LoadResult(
+        target=target, connections=100, offered_rate=rate, seconds=10.0,
+        requests=int(rate * 10), rps=rate, p50_ms=1.0, p95_ms=p99_ms / 2, p99_ms=p99_ms,
+        max_ms=p99_ms, non_2xx=0, errors=0, timeouts=0, late=0, sent={},
+    )  # fmt: skip
+
+
+def fixed_run(similar_p99: float, service_cpu: float, forks: int = 0) -> Run:
+    return Run(
+        for_you_lists={"kept": 3, "computed": 1},
+        server="serve",
+        phase="fixed rate",
+        results=[result("similar", similar_p99), result("events", 90.0)],
+        cpu=CpuSplit(
+            seconds=10.0, service=service_cpu, redis=20.0, load_generator=10.0, machine=130.0
+        ),
+        vs_http_ceiling=[None, None],
+        vs_knn_ceiling=[None, None],
+        redis_children=forks,
+    )
+
+
+def test_the_fixed_rate_runs_are_summed_up_read_by_read() -> None:
+    lines = _fixed_rate_runs([fixed_run(12.5, 90.0), fixed_run(61.0, 110.0, forks=1)])
+    assert lines[1] == "the fixed-rate runs, back to back: every read met the target in 1 of 2"
+    table = lines[2].splitlines()
+    assert "similar p99 ms" in table[0]
+    assert "events" not in table[0]  # a write: no latency target
+    first, second = (row.split() for row in table[1:])
+    # 2,000 requests in 10 s: 90% of a core is 4.5 ms per request, Redis's 20% 1 ms.
+    assert first == ["1", "12.5", "yes", "4.50/1.00", "0", "25%"]
+    assert second == ["2", "61.0", "NO", "5.50/1.00", "1", "25%"]
