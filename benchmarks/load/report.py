@@ -281,8 +281,9 @@ def _fixed_rate(run: Run) -> list[str]:
 
 def _fixed_rate_runs(runs: list[Run]) -> list[str]:
     """The fixed-rate runs side by side: each read's p99, whether every read met the target,
-    the CPU per request that tells a slow spell of the machine from a fast one, and the share
-    of "for you" lists computed (a run finds those the run before it dropped)."""
+    the CPU per request and the CPU the hypervisor took (a slow spell of the machine shows in
+    them), Redis's forks, and the share of "for you" lists computed (a run finds those the run
+    before it dropped)."""
     reads = [result.target for result in runs[0].results if result.target in READS]
     rows, met_in = [], 0
     for number, run in enumerate(runs, 1):
@@ -293,10 +294,10 @@ def _fixed_rate_runs(runs: list[Run]) -> list[str]:
         computed = f"{run.for_you_lists.get('computed', 0) / lists:.0%}" if lists else "-"
         rows.append([
             str(number), *(f"{p99[target]:.1f}" for target in reads), "yes" if met else "NO",
-            _cpu_per_request(run), str(run.redis_children), computed,
+            _cpu_per_request(run), f"{run.cpu.steal:.1f}", str(run.redis_children), computed,
         ])  # fmt: skip
     headers = ["run", *(f"{target} p99 ms" for target in reads), "all met",
-               "CPU ms/req svc/redis", "Redis forks", "for you computed"]  # fmt: skip
+               "CPU ms/req svc/redis", "stolen %", "Redis forks", "for you computed"]  # fmt: skip
     return [
         "",
         f"the fixed-rate runs, back to back: every read met the target in {met_in} of {len(runs)}",

@@ -185,9 +185,19 @@ def tree_ticks(root: int, exclude: set[int]) -> dict[int, int]:
 
 def machine_busy_ticks() -> int:
     """Clock ticks all cores spent not idle since boot (/proc/stat, line `cpu`)."""
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    fields = _cpu_line()
     idle, iowait = fields[3], fields[4]
     return sum(fields[:8]) - idle - iowait
+
+
+def stolen_ticks() -> int:
+    """Clock ticks the hypervisor ran something else while this machine's cores wanted to run
+    (/proc/stat's `steal`)."""
+    return _cpu_line()[7]
+
+
+def _cpu_line() -> list[int]:
+    return [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
 
 
 class CpuSplit(msgspec.Struct, kw_only=True):
@@ -198,11 +208,13 @@ class CpuSplit(msgspec.Struct, kw_only=True):
     redis: float
     load_generator: float
     machine: float  # every process on the machine, the four above included
+    steal: float = 0.0  # taken by the hypervisor from this machine's cores (a noisy host)
 
     def text(self) -> str:
         return (
             f"service {self.service:5.1f}%  redis {self.redis:5.1f}%  "
-            f"load {self.load_generator:5.1f}%  machine {self.machine:5.1f}%"
+            f"load {self.load_generator:5.1f}%  machine {self.machine:5.1f}%  "
+            f"stolen {self.steal:4.1f}%"
         )
 
 
@@ -216,6 +228,7 @@ class CpuMeter:
         self._service = self._service_ticks()
         self._redis = self._redis_ticks()
         self._machine = machine_busy_ticks()
+        self._stolen = stolen_ticks()
 
     def _service_ticks(self) -> dict[int, int]:
         if self.service_pid is None:
@@ -242,6 +255,7 @@ class CpuMeter:
             redis=percent(redis),
             load_generator=round(100.0 * load_generator_seconds / seconds, 1),
             machine=percent(machine),
+            steal=percent(stolen_ticks() - self._stolen),
         )
 
 

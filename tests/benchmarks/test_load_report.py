@@ -13,14 +13,19 @@ def result(target: str, p99_ms: float, rate: float = 100.0) -> LoadResult:
     )  # fmt: skip
 
 
-def fixed_run(similar_p99: float, service_cpu: float, forks: int = 0) -> Run:
+def fixed_run(similar_p99: float, service_cpu: float, forks: int = 0, steal: float = 0.0) -> Run:
     return Run(
         for_you_lists={"kept": 3, "computed": 1},
         server="serve",
         phase="fixed rate",
         results=[result("similar", similar_p99), result("events", 90.0)],
         cpu=CpuSplit(
-            seconds=10.0, service=service_cpu, redis=20.0, load_generator=10.0, machine=130.0
+            seconds=10.0,
+            service=service_cpu,
+            redis=20.0,
+            load_generator=10.0,
+            machine=130.0,
+            steal=steal,
         ),
         vs_http_ceiling=[None, None],
         vs_knn_ceiling=[None, None],
@@ -29,12 +34,12 @@ def fixed_run(similar_p99: float, service_cpu: float, forks: int = 0) -> Run:
 
 
 def test_the_fixed_rate_runs_are_summed_up_read_by_read() -> None:
-    lines = _fixed_rate_runs([fixed_run(12.5, 90.0), fixed_run(61.0, 110.0, forks=1)])
+    lines = _fixed_rate_runs([fixed_run(12.5, 90.0), fixed_run(61.0, 110.0, forks=1, steal=7.5)])
     assert lines[1] == "the fixed-rate runs, back to back: every read met the target in 1 of 2"
     table = lines[2].splitlines()
     assert "similar p99 ms" in table[0]
     assert "events" not in table[0]  # a write: no latency target
     first, second = (row.split() for row in table[1:])
     # 2,000 requests in 10 s: 90% of a core is 4.5 ms per request, Redis's 20% 1 ms.
-    assert first == ["1", "12.5", "yes", "4.50/1.00", "0", "25%"]
-    assert second == ["2", "61.0", "NO", "5.50/1.00", "1", "25%"]
+    assert first == ["1", "12.5", "yes", "4.50/1.00", "0.0", "0", "25%"]
+    assert second == ["2", "61.0", "NO", "5.50/1.00", "7.5", "1", "25%"]
