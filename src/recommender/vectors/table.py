@@ -39,8 +39,7 @@ class VectorTable:
         self.version = version
         self._ids: list[str | None] = list(ids)  # by row; None: a free row, all zeros
         self._rows = {product_id: row for row, product_id in enumerate(ids)}
-        self._matrix = np.zeros((len(ids), DIMS), dtype=np.float32)
-        self._matrix[: len(ids)] = vectors
+        self._matrix = np.array(vectors, dtype=np.float32).reshape(len(ids), DIMS)
         self._free: list[int] = []
 
     def __len__(self) -> int:
