@@ -215,6 +215,29 @@ async def test_search_is_hybrid_and_marks_its_sources(
 
 
 @pytest.mark.asyncio
+async def test_stopwords_match_no_text_and_are_never_spelled_as_other_words(
+    client: AsyncTestClient, drain: Drain
+) -> None:
+    await load(client, drain, CATALOG)
+    search = "/api/v1/search"
+    # The index leaves stopwords out: alone, they once made a BM25 query of every product.
+    only = (await client.get(search, params={"q": "the", "mode": "bm25"})).json()
+    assert (only["items"], only["lexical_hits"], only["suggestions"]) == ([], 0, [])
+    # "with" is a word of one product's name, so the vector side finds it; no text matched.
+    teapot = (await client.get(search, params={"q": "with", "k": 3})).json()
+    assert teapot["lexical_hits"] == 0
+    assert teapot["items"][0]["id"] == "teapot"
+    assert teapot["items"][0]["reason"] == {"strategy": "search_alternative", "matched": "vector"}
+    assert teapot["suggestions"] == []  # not "white"
+    lamps = (await client.get(search, params={"q": "the lamp", "mode": "bm25"})).json()
+    assert {item["id"] for item in lamps["items"]} == {"lamp", "lamp-floor"}
+    assert lamps["lexical_hits"] == 2
+    assert lamps["suggestions"] == []  # not "t lamp"
+    misspelt = (await client.get(search, params={"q": "the lampp"})).json()
+    assert misspelt["suggestions"] == ["the lamp"]
+
+
+@pytest.mark.asyncio
 async def test_search_shows_products_as_they_are_now_not_as_indexed(
     client: AsyncTestClient, drain: Drain
 ) -> None:

@@ -34,6 +34,13 @@ from recommender.platform.redis import Keyspace, ScriptCall, run_script_many
 from recommender.vectors.model import DIMS
 
 TAG_SEPARATOR = "|"
+# Words the text index leaves out (RediSearch's default list, named so that the query side knows
+# them): a query of only these would match every product, and a spellcheck would "correct" them.
+STOPWORDS = frozenset((
+    "a", "is", "the", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in",
+    "into", "it", "no", "not", "of", "on", "or", "such", "that", "their", "then", "there",
+    "these", "they", "this", "to", "was", "will", "with",
+))  # fmt: skip
 # Everything but letters and digits (in any script) is escaped in a TAG query.
 _TAG_SPECIAL = re.compile(r"([^\w])")
 # Letters and digits only: RediSearch reads even a lone "_" as syntax (found by fuzzing).
@@ -343,7 +350,9 @@ class VectorIndex:
             prefix=[self.prefix(version)], index_type=IndexType.HASH
         )
         try:
-            await self.client.ft(self.name(version)).create_index(schema, definition=definition)
+            await self.client.ft(self.name(version)).create_index(
+                schema, definition=definition, stopwords=sorted(STOPWORDS)
+            )
         except ResponseError as error:
             if "already exists" not in str(error):
                 raise
