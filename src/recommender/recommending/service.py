@@ -30,7 +30,7 @@ from recommender.recommending.schemas import (
     Strategy,
 )
 from recommender.tracking import Behaviour, HistoryEntry, Shopper, TrackingService
-from recommender.vectors import STOPWORDS, BlendNeighbours, Filters, VectorService, text_terms
+from recommender.vectors import BlendNeighbours, Filters, VectorService, text_terms
 
 SearchMode = Literal["hybrid", "bm25", "vector"]
 # A write the answer does not depend on, handed to a caller that can make it after answering.
@@ -192,10 +192,9 @@ class RecommendService:
         terms = text_terms(query)
         if not terms:
             raise InvalidInputError("q: needs at least one letter or digit")
-        words = [term for term in terms if term not in STOPWORDS]  # what the text index has
         depth = k * self.search_settings.candidates_per_result
         version, model, (lexical_ids, semantic_ids) = await self.vectors.search(
-            query, [] if mode == "vector" else words, mode != "bm25", depth, filters
+            query, [] if mode == "vector" else terms, mode != "bm25", depth, filters
         )
         # Products come as the lists' do, current (a change since indexing is filtered again).
         ids = list(dict.fromkeys(pid for pid, _ in (*lexical_ids, *semantic_ids)))
@@ -208,8 +207,8 @@ class RecommendService:
         # A term the index does not know but has a close neighbour of looks misspelled; one the
         # model learnt from the catalog is no misspelling, so most queries skip the round trips.
         corrections = (
-            {} if all(map(model.knows_word, words))
-            else await self.vectors.spellcheck(version, words)
+            {} if all(map(model.knows_word, terms))
+            else await self.vectors.spellcheck(version, terms)
         )  # fmt: skip
         suggestions = [" ".join(corrections.get(t, t) for t in terms)] if corrections else []
         if mode == "hybrid":

@@ -34,8 +34,9 @@ from recommender.platform.redis import Keyspace, ScriptCall, run_script_many
 from recommender.vectors.model import DIMS
 
 TAG_SEPARATOR = "|"
-# Words the text index leaves out (RediSearch's default list, named so that the query side knows
-# them): a query of only these would match every product, and a spellcheck would "correct" them.
+# Words the text index leaves out (RediSearch's default list, given at creation so that the
+# queries built here agree with it): a BM25 query of only these would match every product, and
+# FT.SPELLCHECK would "correct" them into other words, so neither is sent them.
 STOPWORDS = frozenset((
     "a", "is", "the", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in",
     "into", "it", "no", "not", "of", "on", "or", "such", "that", "their", "then", "there",
@@ -180,6 +181,11 @@ def _blob(vector: np.ndarray[Any, Any]) -> bytes:
 def escape_tag(value: str) -> str:
     """A literal TAG value: every character RediSearch could read as syntax is escaped."""
     return _TAG_SPECIAL.sub(r"\\\1", value)
+
+
+def _indexed(terms: Sequence[str]) -> list[str]:
+    """The terms the text index holds: all but its stopwords."""
+    return [term for term in terms if term not in STOPWORDS]
 
 
 def _text(value: bytes | str) -> str:
@@ -512,11 +518,12 @@ class VectorIndex:
         *,
         state_key: str,
     ) -> SearchSides:
-        """BM25 hits for the terms and the vector's k nearest (none for no terms, no vector)
-        in the index of `version`, while it is live (the model state in `state_key`; else
-        NotLiveError)."""
+        """BM25 hits for the terms and the vector's k nearest (none for no indexed term, no
+        vector) in the index of `version`, while it is live (the model state in `state_key`;
+        else NotLiveError)."""
         name = self.name(version)
-        text = self._text_args(terms, k, filters, name) if terms else ()
+        words = _indexed(terms)
+        text = self._text_args(words, k, filters, name) if words else ()
         knn = self._knn_args(vector, k, filters, name) if vector is not None else ()
         root = len(self._vector_root)
         reply = await self._search(keys=[state_key], args=[version, root, len(text), *text, *knn])
@@ -570,8 +577,9 @@ class VectorIndex:
     async def spellcheck(self, terms: Sequence[str], index: str) -> dict[str, str]:
         """The best correction of each term the index does not know (distance 1, then 2)."""
         corrections: dict[str, str] = {}
+        words = _indexed(terms)
         for distance in (1, 2):
-            unknown = [t for t in terms if t not in corrections]
+            unknown = [t for t in words if t not in corrections]
             if not unknown:
                 break
             result: Any = await self.client.ft(index).spellcheck(  # type: ignore[no-untyped-call]
