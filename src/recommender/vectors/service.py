@@ -549,21 +549,19 @@ class VectorService:
         every given product's own neighbours would add up to, from one query instead of one
         per product (the vectors are unit length, so the sum is a dot product with the blend).
         """
-        if not weights:
-            return BlendNeighbours([], 0, [], np.zeros((0, 0), dtype=np.float32))
-        await self._vector_changes.follow()
-        table = self._vector_table()
-        if table is not None:  # exact, in this process; the copy follows swaps itself
-            ids = [product_id for product_id, _ in weights]
-            blend = _BlendedVectors.of(weights, table.rows(ids))
-            _BLENDS_BY_COPY.inc()
-            nearest = table.nearest(blend.direction, k) if blend.length else []
-            return blend.neighbours(table.version, nearest)
-        _BLENDS_BY_INDEX.inc()
-        found = await self._at_live(lambda version: self._near_blend_at(version, weights, k))
-        if found is None:
-            return BlendNeighbours([], 0, [], np.zeros((0, 0), dtype=np.float32))
-        return found[1]
+        if weights:
+            await self._vector_changes.follow()
+            table = self._vector_table()
+            if table is not None:  # exact, in this process; the copy follows swaps itself
+                _BLENDS_BY_COPY.inc()
+                blend = _BlendedVectors.of(weights, table.rows([pid for pid, _ in weights]))
+                nearest = table.nearest(blend.direction, k) if blend.length else []
+                return blend.neighbours(table.version, nearest)
+            _BLENDS_BY_INDEX.inc()
+            found = await self._at_live(lambda version: self._near_blend_at(version, weights, k))
+            if found is not None:
+                return found[1]
+        return BlendNeighbours([], 0, [], np.zeros((0, 0), dtype=np.float32))  # none, or no model
 
     async def _near_blend_at(
         self, version: int, weights: Sequence[tuple[str, float]], k: int
