@@ -16,8 +16,9 @@ import redis
 import redis.asyncio as aioredis
 import threadpoolctl
 from litestar import get, post
-from litestar.params import JSONBody
+from litestar.params import JSONBody, Parameter
 from litestar.testing import AsyncTestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from recommender.app import create_app
 from recommender.config import EmbeddedRedisSettings, RedisSettings, Settings
@@ -135,6 +136,43 @@ async def test_metrics_expose_http_histograms_by_route_template(client: AsyncTes
     )
     assert "# TYPE recommender_redis_errors_total counter" in text
     assert "# TYPE recommender_stream_pending gauge" in text
+
+
+@get("/test/flaky/{attempt:int}", sync_to_thread=False)
+def flaky(attempt: Annotated[int, Parameter(ge=1)]) -> dict[str, int]:
+    if attempt % 3 == 0:
+        raise RuntimeError("every third attempt fails")
+    return {"attempt": attempt}
+
+
+def _sample(text: str, name: str, status: int) -> float | None:
+    """The value of `name` for the flaky route and `status`; None when there is no such series."""
+    values = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+        and sample.labels.get("path") == "/test/flaky/{attempt}"
+        and sample.labels.get("status_code") == str(status)
+    ]
+    return values[0] if values else None
+
+
+@pytest.mark.asyncio
+async def test_metrics_count_each_route_by_status_and_errors_only_for_5xx(
+    client: AsyncTestClient,
+) -> None:
+    client.app.register(flaky)
+    for attempt in range(1, 7):  # 1, 2, 4, 5 answer; 3 and 6 fail
+        await client.get(f"/test/flaky/{attempt}")
+    text = (await client.get("/metrics")).text
+
+    assert _sample(text, "recommender_requests_total", 200) == 4
+    assert _sample(text, "recommender_requests_total", 500) == 2
+    assert _sample(text, "recommender_request_duration_seconds_count", 500) == 2
+    assert _sample(text, "recommender_requests_error_total", 500) == 2
+    assert _sample(text, "recommender_requests_error_total", 200) is None
+    assert _sample(text, "recommender_requests_in_progress", 200) == 0
 
 
 class Thing(msgspec.Struct):
