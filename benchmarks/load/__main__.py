@@ -16,7 +16,10 @@ compare phase does within a run):
    reported); then with wrk (`benchmarks.load.workload`) `/health/live` and each endpoint alone at
    saturation, one more sweep (the events run drops many shoppers' lists), the mix at
    saturation, and the mix at a fixed rate over many connections, one wrk per endpoint so
-   that each gets its own latency figures.
+   that each gets its own latency figures. Just before it, `/health/live` alone at the same
+   rate and over as many connections (`--duration`): the service's CPU per request there,
+   against the same route's at saturation, is what the machine charges in that spell for
+   requests that come one at a time (a wake-up each), whatever they do.
    During that fixed-rate run, the freshness probe (`benchmarks.load.freshness`): one trial at
    a time from one Python client, alternating a product write (until GET similar of the
    product it copies lists it, then out of stock until it no longer does) and a view event of
@@ -26,8 +29,9 @@ compare phase does within a run):
    the default 15 s leaves room for about 35). Its product writes are embedded, indexed and
    patched into the cached neighbour lists they enter (of the copied product and its
    neighbours): `--freshness-trials 0` gives the fixed-rate figures without them. Then it
-   deletes the copies it wrote. With `--rate-runs N`, N-1 more fixed-rate runs follow, without
-   the probe, and a table sums them up: the machine's speed varies from minute to minute.
+   deletes the copies it wrote. With `--rate-runs N`, N-1 more fixed-rate runs follow, each
+   after its own `/health/live` run and without the probe, and a table sums them up: the
+   machine's speed varies from minute to minute.
 4. For each other server in `--compare` (uvicorn with 1 worker, granian with 2), on the
    same data and an embedded Redis the benchmark starts: the HTTP ceiling, the mix at
    saturation and the mix at a fixed rate.
@@ -61,7 +65,7 @@ import msgspec
 import redis
 
 from benchmarks.load import dataset, freshness, knn, metrics, servers, workload
-from benchmarks.load.report import Report, Run, ServerInfo, render
+from benchmarks.load.report import STACK_AT_RATE, Report, Run, ServerInfo, render
 from benchmarks.load.servers import CpuMeter, Server, ServerKind
 from benchmarks.support import quiet_logs
 from recommender.config import EmbeddedRedisSettings, Settings, load_settings
@@ -316,7 +320,8 @@ class Bench:
 
     def suite(self, under: Under, full: bool) -> None:
         """Per endpoint alone (`full` only), the mix at saturation, the mix at a fixed rate
-        (with the freshness probe beside it, `full` only)."""
+        (with the freshness probe beside it, `full` only; `rate_runs` times, each after the
+        service's stack alone at that rate, `full` only)."""
         args = self.args
         self.warm_up(under.url, under.redis_url)
         if full:
@@ -346,11 +351,15 @@ class Bench:
                 args.seed,
                 period=args.freshness_period,
             )
-        run = self.measure(under, "fixed rate", jobs, probe)
-        if probe is not None and run.freshness is not None:
-            self.clean_up(under, probe, run.freshness)
-        for _ in range(1, args.rate_runs if full else 1):
-            self.measure(under, "fixed rate", jobs)
+        # The service's stack alone at the same rate, just before each run: what the machine
+        # charges for requests that come one at a time, in that run's spell.
+        stack = workload.WrkJob("live", args.rate_connections, args.duration, args.rate)
+        for number in range(args.rate_runs if full else 1):
+            if full:
+                self.measure(under, STACK_AT_RATE, [stack])
+            run = self.measure(under, "fixed rate", jobs, probe if number == 0 else None)
+            if number == 0 and probe is not None and run.freshness is not None:
+                self.clean_up(under, probe, run.freshness)
 
     def clean_up(self, under: Under, probe: freshness.Probe, seen: freshness.Freshness) -> None:
         """Delete the probe's copies; report how near its writes took the next refit."""

@@ -18,13 +18,15 @@ from benchmarks.load.workload import READS, ROUTES, LoadResult
 
 TARGET_P99_MS = 50.0
 OTHER_BUSY = 15.0  # % of one core used by other processes that flags a figure
+# The phase that runs /health/live at the fixed rate just before each fixed-rate run.
+STACK_AT_RATE = "stack at rate"
 
 
 class Run(msgspec.Struct, kw_only=True):
     """wrk processes started together against one server, and the CPU used meanwhile."""
 
     server: str
-    phase: str  # "http ceiling" | "alone" | "mix" | "fixed rate"
+    phase: str  # "http ceiling" | "alone" | "mix" | STACK_AT_RATE | "fixed rate"
     results: list[LoadResult]
     cpu: CpuSplit
     # Per load result, its requests/s over the server's HTTP ceiling and over the KNN ceiling.
@@ -147,6 +149,25 @@ def _cpu_per_request(run: Run) -> str:
     return f"{run.cpu.service * per:.2f}/{run.cpu.redis * per:.2f}"
 
 
+def _service_ms(run: Run | None) -> str:
+    """The service's CPU milliseconds per answered request; "-" without a run."""
+    answered = sum(result.requests for result in run.results) if run else 0
+    if run is None or not answered:
+        return "-"
+    return f"{run.cpu.service * run.cpu.seconds * 10.0 / answered:.3f}"
+
+
+def _stack_line(stack: Run | None, saturated: Run | None) -> list[str]:
+    if stack is None:
+        return []
+    return [
+        f"  the service's stack alone just before, at the same rate (/health/live, "
+        f"{stack.results[0].seconds:.0f} s): {_service_ms(stack)} ms service CPU per request, "
+        f"against {_service_ms(saturated)} at saturation: what the machine charges for "
+        "requests that come one at a time"
+    ]
+
+
 def _section(title: str, runs: list[Run]) -> list[str]:
     if not runs:
         return []
@@ -232,7 +253,7 @@ def _verdict(result: LoadResult) -> str:
     return "yes" if held and clean and result.p99_ms < TARGET_P99_MS else "NO"
 
 
-def _fixed_rate(run: Run) -> list[str]:
+def _fixed_rate(run: Run, stack: Run | None = None, saturated: Run | None = None) -> list[str]:
     rows = []
     for result in run.results:
         rows.append(
@@ -267,6 +288,7 @@ def _fixed_rate(run: Run) -> list[str]:
     ]
     lines = [_table(headers, rows), _cpu(run)]
     lines.append(f"  CPU ms per request answered, service/Redis: {_cpu_per_request(run)}")
+    lines += _stack_line(stack, saturated)
     lines += _for_you_lists(run)
     lines += [f"  {line}" for line in _redis_children(run)]
     if run.redis is not None:
@@ -279,14 +301,16 @@ def _fixed_rate(run: Run) -> list[str]:
     return lines
 
 
-def _fixed_rate_runs(runs: list[Run]) -> list[str]:
+def _fixed_rate_runs(runs: list[Run], stacks: list[Run] | None = None) -> list[str]:
     """The fixed-rate runs side by side: each read's p99, whether every read met the target,
-    the CPU per request and the CPU the hypervisor took (a slow spell of the machine shows in
-    them), Redis's forks, and the share of "for you" lists computed (a run finds those the run
-    before it dropped)."""
+    the CPU per request, the same for the service's stack alone at the rate just before (`stacks`,
+    one per run) and the CPU the hypervisor took (a slow spell of the machine shows in them),
+    Redis's forks, and the share of "for you" lists computed (a run finds those the run before
+    it dropped)."""
+    padded: list[Run | None] = [*(stacks or []), *[None] * len(runs)]
     reads = [result.target for result in runs[0].results if result.target in READS]
     rows, met_in = [], 0
-    for number, run in enumerate(runs, 1):
+    for number, (run, stack) in enumerate(zip(runs, padded, strict=False), 1):
         p99 = {result.target: result.p99_ms for result in run.results}
         met = all(_verdict(result) == "yes" for result in run.results if result.target in READS)
         met_in += met
@@ -294,10 +318,12 @@ def _fixed_rate_runs(runs: list[Run]) -> list[str]:
         computed = f"{run.for_you_lists.get('computed', 0) / lists:.0%}" if lists else "-"
         rows.append([
             str(number), *(f"{p99[target]:.1f}" for target in reads), "yes" if met else "NO",
-            _cpu_per_request(run), f"{run.cpu.steal:.1f}", str(run.redis_children), computed,
+            _cpu_per_request(run), _service_ms(stack), f"{run.cpu.steal:.1f}",
+            str(run.redis_children), computed,
         ])  # fmt: skip
     headers = ["run", *(f"{target} p99 ms" for target in reads), "all met",
-               "CPU ms/req svc/redis", "stolen %", "Redis forks", "for you computed"]  # fmt: skip
+               "CPU ms/req svc/redis", "stack alone ms/req", "stolen %", "Redis forks",
+               "for you computed"]  # fmt: skip
     return [
         "",
         f"the fixed-rate runs, back to back: every read met the target in {met_in} of {len(runs)}",
@@ -452,8 +478,12 @@ def render(report: Report) -> str:
         runs = [run for run in report.runs if run.server == server.name]
         by_phase = {
             phase: [r for r in runs if r.phase == phase]
-            for phase in ("http ceiling", "alone", "mix", "fixed rate")
+            for phase in ("http ceiling", "alone", "mix", STACK_AT_RATE, "fixed rate")
         }
+        stacks = by_phase[STACK_AT_RATE]
+        saturated = next(
+            (run for run in by_phase["alone"] if run.results[0].target == "live"), None
+        )
         lines += _section(
             f"HTTP ceiling, {opts['connections']} connections, {opts['duration']} s, closed loop",
             by_phase["http ceiling"],
@@ -478,11 +508,12 @@ def render(report: Report) -> str:
                 f"{opts['rate_connections']:,} connections for {opts['rate_duration']} s, "
                 "one wrk per target",
             ]
-            lines += _fixed_rate(run)
+            stack = stacks[number - 1] if number <= len(stacks) else None
+            lines += _fixed_rate(run, stack, saturated)
             if run.freshness is not None:
                 lines += freshness_lines(run.freshness, float(str(opts["rate"])))
         if len(fixed_runs) > 1:
-            lines += _fixed_rate_runs(fixed_runs)
+            lines += _fixed_rate_runs(fixed_runs, stacks)
     lines += ["", "-" * 100, "Servers compared (same data, same wrk settings)"]
     rows = []
     for server in report.servers:
