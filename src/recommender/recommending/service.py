@@ -1,7 +1,7 @@
 """Read surfaces over the catalog's vectors: similar products, hybrid search, autocomplete."""
 
 import asyncio
-import uuid
+import secrets
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -55,7 +55,7 @@ _SELLING_NOW_CATEGORIES = 1000
 
 
 def new_rec_id() -> str:
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 def recommended(product: Product, score: float, reason: Reason) -> RecommendedProduct:

@@ -7,8 +7,8 @@ are the events' own, so a replay of last year builds last year's aggregates.
 
 import asyncio
 import math
+import secrets
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -281,7 +281,7 @@ class TrackingService:
         event (at most `ttl` seconds ago); else the lease to keep it under (`keep_derived`) and
         that behaviour."""
         value, lease, history, bought = await self.repository.derived(
-            shopper.kind, shopper.id, name, uuid.uuid4().hex,
+            shopper.kind, shopper.id, name, secrets.token_hex(16),
             ttl=ttl, limits=(self.settings.history_length, _PURCHASES),
         )  # fmt: skip
         if value is not None:
