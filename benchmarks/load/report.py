@@ -139,22 +139,27 @@ def _backlog_cell(run: Run) -> str:
     return f"{run.backlog:,}/{run.drain_seconds:.1f}" if run.backlog else "0"
 
 
-def _cpu_per_request(run: Run) -> str:
-    """CPU milliseconds per answered request, service/Redis: unlike requests/s, these barely
-    move when other processes take cores away (1000 / the first = requests/s per core)."""
-    answered = sum(result.requests for result in run.results)
-    if not answered:
-        return "-"
+def _ms_per_request(run: Run | None) -> tuple[float, float] | None:
+    """CPU milliseconds per answered request, service and Redis: unlike requests/s, these
+    barely move when other processes take cores away (1000 / the first = requests/s per core).
+    None without a run or an answer."""
+    answered = sum(result.requests for result in run.results) if run else 0
+    if run is None or not answered:
+        return None
     per = 1000.0 * run.cpu.seconds / 100.0 / answered
-    return f"{run.cpu.service * per:.2f}/{run.cpu.redis * per:.2f}"
+    return run.cpu.service * per, run.cpu.redis * per
+
+
+def _cpu_per_request(run: Run) -> str:
+    """`_ms_per_request`, service/Redis."""
+    ms = _ms_per_request(run)
+    return "-" if ms is None else f"{ms[0]:.2f}/{ms[1]:.2f}"
 
 
 def _service_ms(run: Run | None) -> str:
-    """The service's CPU milliseconds per answered request; "-" without a run."""
-    answered = sum(result.requests for result in run.results) if run else 0
-    if run is None or not answered:
-        return "-"
-    return f"{run.cpu.service * run.cpu.seconds * 10.0 / answered:.3f}"
+    """`_ms_per_request`, the service's alone, to three places (the empty route's is ~0.1)."""
+    ms = _ms_per_request(run)
+    return "-" if ms is None else f"{ms[0]:.3f}"
 
 
 def _stack_line(stack: Run | None, saturated: Run | None) -> list[str]:
@@ -301,16 +306,15 @@ def _fixed_rate(run: Run, stack: Run | None = None, saturated: Run | None = None
     return lines
 
 
-def _fixed_rate_runs(runs: list[Run], stacks: list[Run] | None = None) -> list[str]:
-    """The fixed-rate runs side by side: each read's p99, whether every read met the target,
-    the CPU per request, the same for the service's stack alone at the rate just before (`stacks`,
-    one per run) and the CPU the hypervisor took (a slow spell of the machine shows in them),
-    Redis's forks, and the share of "for you" lists computed (a run finds those the run before
-    it dropped)."""
-    padded: list[Run | None] = [*(stacks or []), *[None] * len(runs)]
-    reads = [result.target for result in runs[0].results if result.target in READS]
+def _fixed_rate_runs(runs: list[tuple[Run, Run | None]]) -> list[str]:
+    """The fixed-rate runs side by side, each with the service's stack alone at the rate just
+    before it (or None): each read's p99, whether every read met the target, the CPU per
+    request, the stack's CPU per request and the CPU the hypervisor took (a slow spell of the
+    machine shows in them), Redis's forks, and the share of "for you" lists computed (a run
+    finds those the run before it dropped)."""
+    reads = [result.target for result in runs[0][0].results if result.target in READS]
     rows, met_in = [], 0
-    for number, (run, stack) in enumerate(zip(runs, padded, strict=False), 1):
+    for number, (run, stack) in enumerate(runs, 1):
         p99 = {result.target: result.p99_ms for result in run.results}
         met = all(_verdict(result) == "yes" for result in run.results if result.target in READS)
         met_in += met
@@ -480,7 +484,6 @@ def render(report: Report) -> str:
             phase: [r for r in runs if r.phase == phase]
             for phase in ("http ceiling", "alone", "mix", STACK_AT_RATE, "fixed rate")
         }
-        stacks = by_phase[STACK_AT_RATE]
         saturated = next(
             (run for run in by_phase["alone"] if run.results[0].target == "live"), None
         )
@@ -499,8 +502,11 @@ def render(report: Report) -> str:
                 [run],
             )
             lines += _mix_details(run)
-        fixed_runs = by_phase["fixed rate"]
-        for number, run in enumerate(fixed_runs, 1):
+        # Each fixed-rate run with the stack run just before it, if any (serve's suite only).
+        rate_runs = by_phase["fixed rate"]
+        stacks: list[Run | None] = [*by_phase[STACK_AT_RATE], *[None] * len(rate_runs)]
+        fixed_runs = list(zip(rate_runs, stacks, strict=False))
+        for number, (run, stack) in enumerate(fixed_runs, 1):
             of = f" (run {number} of {len(fixed_runs)})" if len(fixed_runs) > 1 else ""
             lines += [
                 "",
@@ -508,12 +514,11 @@ def render(report: Report) -> str:
                 f"{opts['rate_connections']:,} connections for {opts['rate_duration']} s, "
                 "one wrk per target",
             ]
-            stack = stacks[number - 1] if number <= len(stacks) else None
             lines += _fixed_rate(run, stack, saturated)
             if run.freshness is not None:
                 lines += freshness_lines(run.freshness, float(str(opts["rate"])))
         if len(fixed_runs) > 1:
-            lines += _fixed_rate_runs(fixed_runs, stacks)
+            lines += _fixed_rate_runs(fixed_runs)
     lines += ["", "-" * 100, "Servers compared (same data, same wrk settings)"]
     rows = []
     for server in report.servers:

@@ -44,7 +44,9 @@ def live_run(service_cpu: float, rate: float, phase: str = STACK_AT_RATE) -> Run
 
 
 def test_the_fixed_rate_runs_are_summed_up_read_by_read() -> None:
-    lines = _fixed_rate_runs([fixed_run(12.5, 90.0), fixed_run(61.0, 110.0, forks=1, steal=7.5)])
+    lines = _fixed_rate_runs(
+        [(fixed_run(12.5, 90.0), None), (fixed_run(61.0, 110.0, forks=1, steal=7.5), None)]
+    )
     assert lines[1] == "the fixed-rate runs, back to back: every read met the target in 1 of 2"
     table = lines[2].splitlines()
     assert "similar p99 ms" in table[0]
@@ -59,7 +61,7 @@ def test_each_fixed_rate_run_is_shown_beside_the_stack_alone_at_that_rate() -> N
     runs = [fixed_run(12.5, 90.0), fixed_run(61.0, 110.0)]
     # 40% of a core for 10 s over 10,000 requests: 0.4 ms each; then 60%: 0.6 ms.
     stacks = [live_run(40.0, 1000.0), live_run(60.0, 1000.0)]
-    table = _fixed_rate_runs(runs, stacks)[2].splitlines()
+    table = _fixed_rate_runs(list(zip(runs, stacks, strict=True)))[2].splitlines()
     assert "stack alone ms/req" in table[0]
     assert [row.split()[4] for row in table[1:]] == ["0.400", "0.600"]
 
