@@ -418,9 +418,9 @@ def _raise_file_limit(needed: int) -> None:
 
 def _machine_busy(seconds: float = 1.0) -> float:
     """% of one core the machine spends busy right now (another benchmark skews the figures)."""
-    before = servers.machine_busy_ticks()
+    before = servers.machine_ticks().busy
     time.sleep(seconds)
-    return 100.0 * (servers.machine_busy_ticks() - before) / servers.TICKS_PER_SECOND / seconds
+    return 100.0 * (servers.machine_ticks().busy - before) / servers.TICKS_PER_SECOND / seconds
 
 
 def _wait_answering(url: str) -> None:

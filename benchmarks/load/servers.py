@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import httpx
 import msgspec
@@ -183,21 +183,17 @@ def tree_ticks(root: int, exclude: set[int]) -> dict[int, int]:
     return ticks
 
 
-def machine_busy_ticks() -> int:
-    """Clock ticks all cores spent not idle since boot (/proc/stat, line `cpu`)."""
-    fields = _cpu_line()
-    idle, iowait = fields[3], fields[4]
-    return sum(fields[:8]) - idle - iowait
+class MachineTicks(NamedTuple):
+    """Clock ticks of all cores since boot (/proc/stat, line `cpu`)."""
+
+    busy: int  # not idle
+    stolen: int  # the hypervisor ran something else while these cores wanted to run (`steal`)
 
 
-def stolen_ticks() -> int:
-    """Clock ticks the hypervisor ran something else while this machine's cores wanted to run
-    (/proc/stat's `steal`)."""
-    return _cpu_line()[7]
-
-
-def _cpu_line() -> list[int]:
-    return [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+def machine_ticks() -> MachineTicks:
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle, iowait, steal = fields[3], fields[4], fields[7]
+    return MachineTicks(busy=sum(fields[:8]) - idle - iowait, stolen=steal)
 
 
 class CpuSplit(msgspec.Struct, kw_only=True):
@@ -227,8 +223,7 @@ class CpuMeter:
         self._started = time.monotonic()
         self._service = self._service_ticks()
         self._redis = self._redis_ticks()
-        self._machine = machine_busy_ticks()
-        self._stolen = stolen_ticks()
+        self._machine = machine_ticks()
 
     def _service_ticks(self) -> dict[int, int]:
         if self.service_pid is None:
@@ -244,7 +239,7 @@ class CpuMeter:
             used - self._service.get(pid, 0) for pid, used in self._service_ticks().items()
         )
         redis = self._redis_ticks() - self._redis
-        machine = machine_busy_ticks() - self._machine
+        machine = machine_ticks()
 
         def percent(ticks: float) -> float:
             return round(100.0 * ticks / TICKS_PER_SECOND / seconds, 1)
@@ -254,8 +249,8 @@ class CpuMeter:
             service=percent(service),
             redis=percent(redis),
             load_generator=round(100.0 * load_generator_seconds / seconds, 1),
-            machine=percent(machine),
-            steal=percent(stolen_ticks() - self._stolen),
+            machine=percent(machine.busy - self._machine.busy),
+            steal=percent(machine.stolen - self._machine.stolen),
         )
 
 
